@@ -1,0 +1,146 @@
+"""The `l2o` command line: the only place that reads flags and writes files."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import yaml
+
+from l2o.io import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag as one line and exit code 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def parse_assignments(items: list[str] | None, what: str) -> dict[str, object]:
+    """`["a=1", "b=[2,3]"]` -> `{"a": 1, "b": [2, 3]}`, values parsed as YAML scalars/lists."""
+    out = {}
+    for item in items or []:
+        key, sep, text = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise UserError(f"{what} {item!r} is not of the form NAME=VALUE")
+        try:
+            out[key] = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise UserError(f"{what} {item!r}: cannot parse the value {text!r}") from None
+    return out
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
+    return value
+
+
+def cmd_tasks(args) -> int:
+    """List the registered tasks and task families."""
+    from tasks import OFFLINE_TASKS, list_families, list_tasks
+    from tasks.registry import describe
+
+    for name in list_tasks():
+        where = "offline" if name in OFFLINE_TASKS else "data"
+        print(f"{name:22s} {where:8s} {describe(name)}")
+    print()
+    print("families: " + ", ".join(list_families()))
+    return 0
+
+
+def cmd_train(args) -> int:
+    """Train one optimizer on one task; write results.json and TensorBoard events."""
+    from l2o.train_command import run_train_command
+
+    return run_train_command(
+        task_name=args.task,
+        task_options=parse_assignments(args.task_opt, "--task-opt"),
+        optimizer_name=args.optimizer,
+        hparams=parse_assignments(args.hparam, "--hparam"),
+        learning_rate=args.lr,
+        steps=args.steps,
+        seed=args.seed,
+        eval_every=args.eval_every,
+        out=Path(args.out or f"runs/{args.task}_{args.optimizer}_s{args.seed}"),
+    )
+
+
+def cmd_quickstart(args) -> int:
+    """Compare a few baselines on offline tasks and write a short report."""
+    from l2o.quickstart import run_quickstart
+
+    return run_quickstart(Path(args.out), steps=args.steps, seeds=args.seeds)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="l2o", description="Learning to optimize in JAX.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("tasks", help="list tasks and task families")
+    p.set_defaults(func=cmd_tasks)
+
+    p = sub.add_parser("train", help="train one optimizer on one task")
+    p.add_argument("--task", required=True, help="task name (see `l2o tasks`)")
+    p.add_argument("--optimizer", required=True, help="optimizer name, e.g. adam")
+    p.add_argument("--lr", type=_positive_float, help="learning rate (default: the optimizer's)")
+    p.add_argument("--steps", type=_positive_int, default=1000, help="training steps")
+    p.add_argument("--seed", type=_nonnegative_int, default=0, help="random seed")
+    p.add_argument("--out", help="output directory (default runs/TASK_OPTIMIZER_sSEED)")
+    p.add_argument("--eval-every", type=_positive_int, help="steps between evaluations")
+    p.add_argument("--task-opt", action="append", metavar="NAME=VALUE", help="task option")
+    p.add_argument("--hparam", action="append", metavar="NAME=VALUE", help="optimizer option")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("quickstart", help="compare baselines on offline tasks; write a report")
+    p.add_argument("--out", default="runs/quickstart", help="output directory")
+    p.add_argument("--steps", type=_positive_int, default=1000, help="training steps per run")
+    p.add_argument("--seeds", type=_positive_int, default=3, help="seeds per configuration")
+    p.set_defaults(func=cmd_quickstart)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `l2o` console script; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    from tasks import DatasetError, UnknownNameError
+
+    try:
+        return args.func(args)
+    except (UserError, UnknownNameError, DatasetError) as e:
+        print(f"l2o: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("l2o: interrupted; no partial results were written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

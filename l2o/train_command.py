@@ -1,0 +1,144 @@
+"""`l2o train`: one optimizer on one task, with a progress bar, results.json and TensorBoard."""
+
+from __future__ import annotations
+
+import platform
+import sys
+from importlib import metadata
+from pathlib import Path
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from l2o.io import UserError, check_writable_dir, write_json_atomic
+from l2o.runs import default_eval_every, summarize, train_in_chunks
+from l2o.tensorboard import write_scalars
+
+EXIT_DIVERGED = 3
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python and the packages a result depends on."""
+    out = {"python": platform.python_version()}
+    for dist in ("l2o", "jax", "jaxlib", "optax", "dm-haiku", "numpy"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def build_task(name: str, options: dict):
+    """`tasks.get_task`, turning a bad option value into a UserError."""
+    from tasks import get_task
+
+    try:
+        return get_task(name, **options)
+    except (TypeError, ValueError) as e:
+        if type(e).__name__ in ("UnknownNameError", "DatasetError"):
+            raise
+        raise UserError(f"cannot build task {name!r} with options {options}: {e}") from None
+
+
+def build_optimizer(name: str, hparams: dict):
+    """`baselines.get_optimizer`, turning a bad hyperparameter value into a UserError."""
+    from baselines import get_optimizer
+
+    try:
+        return get_optimizer(name, **hparams)
+    except (TypeError, ValueError) as e:
+        if type(e).__name__ == "UnknownNameError":
+            raise
+        raise UserError(f"cannot build optimizer {name!r} with {hparams}: {e}") from None
+
+
+def progress_bar() -> Progress:
+    """A rich progress bar on stderr."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        transient=False,
+        console=None,
+    )
+
+
+def tensorboard_scalars(metrics: dict) -> dict:
+    """`tag -> (steps, values)` for the per-step loss and every evaluation metric."""
+    steps = list(range(1, len(metrics["train_loss"]) + 1))
+    scalars = {"train/loss": (steps, metrics["train_loss"])}
+    for name, values in metrics.items():
+        if name not in ("train_loss", "eval_step"):
+            split, _, metric = name.partition("_")
+            scalars[f"{split}/{metric}"] = (metrics["eval_step"], values)
+    return scalars
+
+
+def run_train_command(
+    *,
+    task_name: str,
+    task_options: dict,
+    optimizer_name: str,
+    hparams: dict,
+    learning_rate: float | None,
+    steps: int,
+    seed: int,
+    eval_every: int | None,
+    out: Path,
+) -> int:
+    """Validate everything, train, then write `out/results.json` and events; the exit code."""
+    if learning_rate is not None:
+        hparams = {**hparams, "learning_rate": learning_rate}
+    eval_every = eval_every or default_eval_every(steps)
+    if eval_every > steps:
+        raise UserError(f"--eval-every {eval_every} is larger than --steps {steps}")
+    task = build_task(task_name, task_options)
+    optimizer = build_optimizer(optimizer_name, hparams)
+    from baselines import optimizer_hparams
+
+    hparams = {**optimizer_hparams(optimizer_name), **hparams}
+    out = check_writable_dir(out)
+
+    with progress_bar() as bar:
+        job = bar.add_task(f"{task_name} / {optimizer_name}", total=steps)
+        metrics, timings = train_in_chunks(
+            task, optimizer, steps, seed,
+            eval_every=eval_every,
+            on_chunk=lambda done: bar.update(job, completed=done),
+        )  # fmt: skip
+
+    final = summarize(metrics)
+    diverged = final["diverged_at_step"]
+    results = {
+        "command": "train",
+        "status": "diverged" if diverged is not None else "ok",
+        "config": {
+            "task": task_name,
+            "task_options": task_options,
+            "optimizer": optimizer_name,
+            "hparams": hparams,
+            "steps": steps,
+            "seed": seed,
+            "eval_every": eval_every,
+            "grad": "backprop",
+        },
+        "final": final,
+        "metrics": metrics,
+        "timing": timings,
+        "versions": versions(),
+        "argv": sys.argv,
+    }
+    write_json_atomic(out / "results.json", results)
+    write_scalars(out, tensorboard_scalars(metrics))
+    if diverged is not None:
+        print(
+            f"l2o: error: training diverged: the train loss became non-finite at step {diverged} "
+            f"(results written to {out}; try a smaller learning rate)",
+            file=sys.stderr,
+        )
+        return EXIT_DIVERGED
+    summary = ", ".join(
+        f"{k} {final[k]:.4g}" for k in ("train_loss", "test_loss", "test_accuracy") if k in final
+    )
+    print(f"{task_name} / {optimizer_name}: {summary} ({timings['wall_time_s']:.1f}s) -> {out}")
+    return 0

@@ -1,0 +1,1 @@
+"""Symbolic update-rule search and hyperparameter search (built on `tasks` and `baselines`)."""
