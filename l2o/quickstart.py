@@ -82,7 +82,10 @@ def run_quickstart(out: Path, *, steps: int = 1000, seeds: int = 3) -> int:
                 for key in ("valid_loss", "test_loss", "test_accuracy"):
                     if key in metrics:
                         run[key] = metrics[key][best, :, -1]
-                run["final_valid_loss_by_lr"] = np.nanmean(metrics["valid_loss"][:, :, -1], 1)
+                final_valid = metrics["valid_loss"][:, :, -1]
+                run["final_valid_loss_by_lr"] = np.where(
+                    np.isfinite(final_valid), final_valid, np.inf
+                ).mean(1)
                 runs[task_name][name] = run
                 curves[task_name][name] = metrics["train_loss"][best]
                 bar.advance(job)

@@ -34,7 +34,7 @@ def quadratic(
     q_key, opt_key = jax.random.split(jax.random.key(seed))
     Q, _ = jnp.linalg.qr(jax.random.normal(q_key, (dim, dim)))
     eigenvalues = jnp.logspace(0.0, jnp.log10(condition_number), dim)
-    A = (Q * eigenvalues) @ Q.T
+    A = (Q * eigenvalues[None, :]) @ Q.T
     x_star = jax.random.normal(opt_key, (dim,))
 
     def value(params, batch):
