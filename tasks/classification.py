@@ -72,9 +72,9 @@ def classification_task(
     """
     x_train = splits["train"][0]
     channel_axes = tuple(range(x_train.ndim - 1)) if x_train.ndim == 4 else None
-    mean = np.asarray(x_train.mean(axis=channel_axes, keepdims=channel_axes is not None), np.float32)
-    std = np.asarray(x_train.std(axis=channel_axes, keepdims=channel_axes is not None), np.float32)
-    std = std + np.float32(1e-6)
+    keep = channel_axes is not None
+    mean = np.asarray(x_train.mean(axis=channel_axes, keepdims=keep), np.float32)
+    std = np.asarray(x_train.std(axis=channel_axes, keepdims=keep), np.float32) + np.float32(1e-6)
     data = {
         "splits": {k: (jnp.asarray(x), jnp.asarray(y)) for k, (x, y) in splits.items()},
         "mean": jnp.asarray(mean),

@@ -9,8 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from tasks import UnknownNameError, get_family, list_families, train
-from tasks import networks
+from tasks import UnknownNameError, get_family, list_families, networks, train
 
 
 @pytest.mark.parametrize("name", list_families())

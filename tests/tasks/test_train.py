@@ -64,7 +64,7 @@ def test_truncated_unrolls_continue_the_same_run(digits):
     losses = np.concatenate([first["train_loss"], second["train_loss"]])
     assert np.array_equal(losses, np.asarray(full["train_loss"]))
     assert int(state.step) == STEPS
-    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(full_state.params)):
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(full_state.params), strict=True):
         assert np.array_equal(a, b)
 
 
