@@ -9,7 +9,7 @@ import optax
 
 from tasks import networks
 from tasks.base import Task
-from tasks.text_datasets import load_tiny_shakespeare
+from tasks.text_datasets import load_shakespeare_excerpt, load_tiny_shakespeare
 
 
 def split_stream(tokens: np.ndarray, valid_fraction: float, test_fraction: float) -> dict:
@@ -72,6 +72,22 @@ def shakespeare_char_lm(
     tokens, vocab = load_tiny_shakespeare()
     return char_lm_task(
         "shakespeare_lm",
+        split_stream(tokens, 0.05, 0.05),
+        len(vocab),
+        seq_len=seq_len,
+        batch_size=batch_size,
+        embed_dim=embed_dim,
+        hidden=hidden,
+    )
+
+
+def shakespeare_excerpt_char_lm(
+    seq_len: int = 32, batch_size: int = 16, embed_dim: int = 16, hidden: int = 64
+) -> Task:
+    """A small character LSTM on the bundled 200k-character Shakespeare excerpt (offline)."""
+    tokens, vocab = load_shakespeare_excerpt()
+    return char_lm_task(
+        "shakespeare_tiny_lm",
         split_stream(tokens, 0.05, 0.05),
         len(vocab),
         seq_len=seq_len,

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from tasks import synthetic
 from tasks.base import Task
 from tasks.classification import cnn_classifier, mlp_classifier
-from tasks.language import shakespeare_char_lm
+from tasks.language import shakespeare_char_lm, shakespeare_excerpt_char_lm
 
 
 class UnknownNameError(ValueError):
@@ -55,6 +55,14 @@ def fmnist_mlp(hidden=(128,), activation="relu", initializer="he", batch_size=12
     )  # fmt: skip
 
 
+def digits_cnn(channels=(8, 16), activation="relu", batch_size=64) -> Task:
+    """sklearn digits 8x8, two-layer CNN (bundled, offline)."""
+    return cnn_classifier(
+        "digits", channels=channels, activation=activation, batch_size=batch_size,
+        name="digits_cnn",
+    )  # fmt: skip
+
+
 def mnist16_cnn(channels=(8, 16), activation="relu", batch_size=64) -> Task:
     """MNIST resized to 16x16, two-layer CNN."""
     return cnn_classifier(
@@ -82,6 +90,11 @@ def cifar10_grey8_mlp(hidden=(64,), activation="relu", batch_size=128) -> Task:
 def shakespeare_lm(seq_len=64, batch_size=32, embed_dim=32, hidden=128) -> Task:
     """Tiny-Shakespeare characters, LSTM language model (128 units)."""
     return shakespeare_char_lm(seq_len, batch_size, embed_dim, hidden)
+
+
+def shakespeare_tiny_lm(seq_len=32, batch_size=16, embed_dim=16, hidden=64) -> Task:
+    """Bundled 200k-character Shakespeare excerpt, small LSTM language model (offline)."""
+    return shakespeare_excerpt_char_lm(seq_len, batch_size, embed_dim, hidden)
 
 
 def quadratic_k100(dim=20, seed=0) -> Task:
@@ -122,10 +135,12 @@ TASKS: dict[str, Callable[..., Task]] = {
     "mnist8_mlp": mnist8_mlp,
     "mnist_mlp": mnist_mlp,
     "fmnist_mlp": fmnist_mlp,
+    "digits_cnn": digits_cnn,
     "mnist16_cnn": mnist16_cnn,
     "cifar10_cnn": cifar10_cnn,
     "cifar10_grey8_mlp": cifar10_grey8_mlp,
     "shakespeare_lm": shakespeare_lm,
+    "shakespeare_tiny_lm": shakespeare_tiny_lm,
     "quadratic_k100": quadratic_k100,
     "quadratic_k10000": quadratic_k10000,
     "nqm": nqm,
@@ -138,6 +153,8 @@ TASKS: dict[str, Callable[..., Task]] = {
 OFFLINE_TASKS = (
     "digits_mlp",
     "mnist1d_mlp",
+    "digits_cnn",
+    "shakespeare_tiny_lm",
     "quadratic_k100",
     "quadratic_k10000",
     "nqm",

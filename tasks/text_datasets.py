@@ -1,5 +1,8 @@
 """Character-level text data: tiny Shakespeare (Karpathy's char-rnn corpus) as token ids."""
 
+import gzip
+from importlib import resources
+
 import numpy as np
 
 from tasks import data_files
@@ -61,4 +64,23 @@ def load_tiny_shakespeare(download: bool = True) -> tuple[np.ndarray, str]:
             f"{SHAKESPEARE} has {len(text)} characters and {len(vocab)} distinct ones, expected "
             f"{SHAKESPEARE_CHARS} and {SHAKESPEARE_VOCAB}."
         )
+    return encode(text, vocab), vocab
+
+
+SHAKESPEARE_EXCERPT = "tinyshakespeare_excerpt.txt.gz"
+SHAKESPEARE_EXCERPT_SHA256 = "cf30d7aa6cf2701439fc762dd8d3f8b4039f002a6df70c75d4cf89cabf0fc63e"
+
+
+def load_shakespeare_excerpt() -> tuple[np.ndarray, str]:
+    """The first 200,376 characters of tiny Shakespeare, shipped with the package (offline).
+
+    Returns (tokens uint8, vocab of its 62 sorted characters); the text is checked by sha256.
+    """
+    raw = gzip.decompress((resources.files("tasks") / "assets" / SHAKESPEARE_EXCERPT).read_bytes())
+    if data_files.sha256_hex(raw) != SHAKESPEARE_EXCERPT_SHA256:
+        raise DatasetError(
+            f"the bundled {SHAKESPEARE_EXCERPT} is corrupt (sha256 mismatch); reinstall l2o"
+        )
+    text = raw.decode("ascii")
+    vocab = vocabulary(text)
     return encode(text, vocab), vocab
