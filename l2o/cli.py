@@ -100,6 +100,24 @@ def cmd_quickstart(args) -> int:
     return run_quickstart(Path(args.out), steps=args.steps, seeds=args.seeds)
 
 
+def cmd_evaluate(args) -> int:
+    """Evaluate optimizers x tasks x seeds with tuned learning rates; write a report."""
+    from l2o.evaluate_command import run_evaluate_command, suite_from_flags
+
+    overrides = {"steps": args.steps, "seeds": args.seeds, "reference": args.reference}
+    if args.lr_num is not None:
+        overrides["lr_grid"] = {"low": args.lr_low, "high": args.lr_high, "num": args.lr_num}
+    suite = suite_from_flags(args.config, args.tasks, args.optimizers, overrides)
+    return run_evaluate_command(suite, Path(args.out))
+
+
+def cmd_report(args) -> int:
+    """Re-render an evaluation's report from its results.json."""
+    from l2o.evaluate_command import run_report_command
+
+    return run_report_command(Path(args.directory))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="l2o", description="Learning to optimize in JAX.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -118,6 +136,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task-opt", action="append", metavar="NAME=VALUE", help="task option")
     p.add_argument("--hparam", action="append", metavar="NAME=VALUE", help="optimizer option")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="tuned optimizers x tasks x seeds, compared in a report")
+    p.add_argument("--config", type=Path, help="YAML suite (e.g. configs/suite_small.yaml)")
+    p.add_argument("--tasks", help="comma-separated task names (override the config)")
+    p.add_argument("--optimizers", help="comma-separated optimizer names (override the config)")
+    p.add_argument("--steps", type=_positive_int, help="training steps per run")
+    p.add_argument("--seeds", type=_positive_int, help="seeds per configuration")
+    p.add_argument("--reference", help="optimizer the speedups are measured against (adam)")
+    p.add_argument("--lr-num", type=_positive_int, help="learning rates in the tuning grid")
+    p.add_argument("--lr-low", type=_positive_float, default=1e-7, help="smallest grid LR")
+    p.add_argument("--lr-high", type=_positive_float, default=1.0, help="largest grid LR")
+    p.add_argument("--out", default="runs/evaluate", help="output directory")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("report", help="re-render an evaluation report from results.json")
+    p.add_argument("directory", help="output directory of `l2o evaluate`")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("quickstart", help="compare baselines on offline tasks; write a report")
     p.add_argument("--out", default="runs/quickstart", help="output directory")

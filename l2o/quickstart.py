@@ -10,8 +10,8 @@ import numpy as np
 from baselines import get_optimizer
 from l2o.io import check_writable_dir, write_bytes_atomic, write_json_atomic
 from l2o.plots import loss_curves
-from search.sweep import log_grid, lr_seed_sweep, select_best
 from l2o.train_command import progress_bar, versions
+from search.sweep import log_grid, lr_seed_sweep, select_best
 from tasks import get_task
 
 TASKS = ("digits_mlp", "mnist1d_mlp", "rosenbrock")

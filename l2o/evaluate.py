@@ -1,0 +1,186 @@
+"""The evaluation harness: every optimizer x task x seed through the same inner loop, with the
+learning rate of each baseline tuned per task on the validation split (one vmapped call per
+optimizer and task), and the comparison metrics of `l2o.metrics`."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import optax
+
+from baselines import get_optimizer, optimizer_hparams
+from l2o import metrics
+from search.sweep import log_grid, population_sweep, select_best
+from tasks import Task, get_task
+
+PROFILE_TAUS = np.logspace(0.0, 1.5, 61)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerSpec:
+    """A baseline by registry name with fixed hyperparameters; its learning rate tuned or not."""
+
+    name: str
+    hparams: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    tune_lr: bool = True
+    label: str = ""
+
+    @property
+    def key(self) -> str:
+        return self.label or self.name
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+    """A registered task with option overrides."""
+
+    name: str
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    label: str = ""
+
+    @property
+    def key(self) -> str:
+        return self.label or self.name
+
+
+@dataclasses.dataclass(frozen=True)
+class Suite:
+    """What to evaluate: tasks x optimizers x seeds, the step budget and the tuning grid."""
+
+    tasks: tuple[TaskSpec, ...]
+    optimizers: tuple[OptimizerSpec, ...]
+    steps: int = 2000
+    seeds: int = 3
+    lr_low: float = 1e-7
+    lr_high: float = 1.0
+    lr_num: int = 15
+    eval_every: int = 0
+    reference: str = "adam"
+
+    @property
+    def evaluation_interval(self) -> int:
+        return self.eval_every or max(1, self.steps // 20)
+
+    def learning_rates(self) -> np.ndarray:
+        return log_grid(self.lr_low, self.lr_high, self.lr_num)
+
+
+def optimizer_factory(spec: OptimizerSpec) -> tuple[Callable, float]:
+    """`make(learning_rate) -> optax transform` for a spec, and its untuned learning rate."""
+    fixed = {k: v for k, v in spec.hparams.items() if k != "learning_rate"}
+    get_optimizer(spec.name, **spec.hparams)  # fail fast on unknown names or hyperparameters
+    default_lr = spec.hparams.get("learning_rate", optimizer_hparams(spec.name)["learning_rate"])
+
+    def make(learning_rate) -> optax.GradientTransformation:
+        return get_optimizer(spec.name, **fixed, learning_rate=learning_rate)
+
+    return make, float(default_lr)
+
+
+def evaluate_pair(task: Task, spec: OptimizerSpec, suite: Suite) -> dict[str, Any]:
+    """All learning rates x seeds of one optimizer on one task as one call; the best LR's runs.
+
+    The learning rate minimising the mean final validation loss is selected; its per-seed
+    training curves and evaluations are returned, with the validation loss of every LR.
+    """
+    make, default_lr = optimizer_factory(spec)
+    lrs = suite.learning_rates() if spec.tune_lr else np.array([default_lr], np.float32)
+    runs = population_sweep(
+        task,
+        lambda member: make(member["learning_rate"]),
+        {"learning_rate": lrs},
+        np.arange(suite.seeds),
+        suite.steps,
+        eval_every=suite.evaluation_interval,
+    )
+    final_valid = runs["valid_loss"][:, :, -1]
+    best = select_best(final_valid)
+    evaluations = {k: v[best] for k, v in runs.items() if k not in ("train_loss", "eval_step")}
+    return {
+        "learning_rate": float(lrs[best]),
+        "lr_grid": lrs,
+        "final_valid_loss_by_lr": np.where(np.isfinite(final_valid), final_valid, np.inf).mean(1),
+        "train_loss": runs["train_loss"][best],
+        "eval_step": runs["eval_step"][best, 0],
+        "evaluations": evaluations,
+    }
+
+
+def evaluate_suite(
+    suite: Suite, on_pair: Callable[[str, str], None] = lambda task, optimizer: None
+) -> dict[str, dict[str, Any]]:
+    """`evaluate_pair` for every task x optimizer: `results[task_key][optimizer_key]`.
+
+    `on_pair(task_key, optimizer_key)` is called after each pair.
+    """
+    results: dict[str, dict[str, Any]] = {}
+    for task_spec in suite.tasks:
+        task = get_task(task_spec.name, **task_spec.options)
+        results[task_spec.key] = {}
+        for spec in suite.optimizers:
+            results[task_spec.key][spec.key] = evaluate_pair(task, spec, suite)
+            on_pair(task_spec.key, spec.key)
+    return results
+
+
+def _curve(run: Mapping[str, Any]) -> np.ndarray:
+    """Seed-averaged, smoothed training-loss curve of a run."""
+    losses = np.asarray(run["train_loss"], np.float64)
+    return metrics.smooth(losses.mean(0), metrics.default_window(losses.shape[-1]))
+
+
+def _final_stats(run: Mapping[str, Any]) -> dict[str, Any]:
+    losses = np.asarray(run["train_loss"], np.float64)
+    window = metrics.default_window(losses.shape[-1])
+    out = {
+        "final_train_loss": metrics.seed_stats(losses[:, -window:].mean(1)),
+        "auc_train_loss": metrics.seed_stats(metrics.area_under_curve(losses)),
+    }
+    for name, values in run["evaluations"].items():
+        values = np.asarray(values, np.float64)
+        out[f"final_{name}"] = metrics.seed_stats(values[:, -1])
+        best = values.max(1) if name.endswith("accuracy") else values.min(1)
+        out[f"best_{name}"] = metrics.seed_stats(best)
+    return out
+
+
+def compare(results: Mapping[str, Mapping[str, Any]], reference: str) -> dict[str, Any]:
+    """Per-task statistics, speedup and steps-to-target against `reference`, win fractions and
+    the performance profile (cost: the mean final test loss, or training loss without a test
+    metric)."""
+    optimizers = list(next(iter(results.values())))
+    has_reference = reference in optimizers
+    per_task: dict[str, dict[str, Any]] = {}
+    for task_key, runs in results.items():
+        per_task[task_key] = {}
+        ref_curve = _curve(runs[reference]) if has_reference else None
+        for opt_key, run in runs.items():
+            entry = {"learning_rate": run["learning_rate"], **_final_stats(run)}
+            if ref_curve is not None:
+                curve = _curve(run)
+                entry.update(metrics.speedup(curve, ref_curve))
+                steps = metrics.steps_to_target(curve, float(ref_curve[-1]))
+                entry["steps_to_reference_loss"] = steps
+            per_task[task_key][opt_key] = entry
+    out: dict[str, Any] = {"reference": reference if has_reference else None, "per_task": per_task}
+    final = {o: np.array([_test_or_train(per_task[t][o]) for t in per_task]) for o in optimizers}
+    if has_reference:
+        out["win_fraction"] = {
+            opt: metrics.win_fraction(final[opt], final[reference]) for opt in optimizers
+        }
+    rho = metrics.performance_profile(np.stack(list(final.values()), 1), PROFILE_TAUS)
+    out["profile"] = {
+        "taus": PROFILE_TAUS,
+        "rho": {opt: rho[i] for i, opt in enumerate(optimizers)},
+        "cost": "final test loss (training loss where a task has no test split)",
+    }
+    return out
+
+
+def _test_or_train(entry: Mapping[str, Any]) -> float:
+    """Mean final test loss, or the training loss for tasks without a test metric."""
+    stats = entry.get("final_test_loss") or entry["final_train_loss"]
+    return np.nan if stats["mean"] is None else stats["mean"]

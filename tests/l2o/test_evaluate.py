@@ -1,0 +1,131 @@
+"""The evaluation harness: fair LR tuning, one vmapped call per pair, reports, bad specs."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from l2o import evaluate
+from l2o.cli import main
+from l2o.evaluate import OptimizerSpec, Suite, TaskSpec, compare, evaluate_pair, evaluate_suite
+from tasks import get_task
+
+
+def exact_gd_losses(task, learning_rates, steps, seeds):
+    """Closed-form loss of gradient descent on a quadratic after `steps` steps, mean over seeds."""
+    x0 = [task.init(jax.random.split(jax.random.key(s))[0])["x"] for s in range(seeds)]
+    value = lambda x: task.loss({"x": x}, None, ())[0]  # noqa: E731
+    A = np.asarray(jax.hessian(value)(x0[0]), np.float64)
+    x_star = np.asarray(x0[0], np.float64) - np.linalg.solve(A, np.asarray(jax.grad(value)(x0[0])))
+    eigenvalues, Q = np.linalg.eigh(A)
+    losses = []
+    for lr in np.asarray(learning_rates, np.float64):
+        per_seed = []
+        for x in x0:
+            c = Q.T @ (np.asarray(x, np.float64) - x_star)
+            per_seed.append(
+                0.5 * np.sum(eigenvalues * (1 - lr * eigenvalues) ** (2 * steps) * c**2)
+            )
+        losses.append(np.mean(per_seed))
+    return np.array(losses)
+
+
+def test_tuning_picks_the_exactly_best_learning_rate_on_a_quadratic():
+    task = get_task("quadratic_k100")
+    suite = Suite((TaskSpec("quadratic_k100"),), (OptimizerSpec("sgd"),), steps=50, seeds=2,
+                  lr_low=1e-3, lr_high=3e-2, lr_num=12)  # fmt: skip
+    result = evaluate_pair(task, OptimizerSpec("sgd"), suite)
+    exact = exact_gd_losses(task, suite.learning_rates(), suite.steps, suite.seeds)
+    assert result["learning_rate"] == pytest.approx(suite.learning_rates()[np.argmin(exact)])
+    finite = np.isfinite(exact) & (exact < 1e6)
+    np.testing.assert_allclose(result["final_valid_loss_by_lr"][finite], exact[finite], rtol=1e-3)
+    assert result["train_loss"].shape == (2, 50)
+
+
+def test_one_vmapped_call_per_optimizer_and_task(monkeypatch):
+    calls = []
+    original = evaluate.population_sweep
+
+    def counting(task, make, hparams, seeds, steps, **kw):
+        calls.append((len(hparams["learning_rate"]), len(seeds)))
+        return original(task, make, hparams, seeds, steps, **kw)
+
+    monkeypatch.setattr(evaluate, "population_sweep", counting)
+    suite = Suite((TaskSpec("rosenbrock"), TaskSpec("quadratic_k100")),
+                  (OptimizerSpec("adam"), OptimizerSpec("sgd", tune_lr=False)),
+                  steps=20, seeds=3, lr_num=4, lr_low=1e-3)  # fmt: skip
+    results = evaluate_suite(suite)
+    assert calls == [(4, 3), (1, 3), (4, 3), (1, 3)]
+    assert results["rosenbrock"]["sgd"]["learning_rate"] == pytest.approx(0.1)
+
+
+def test_adam_against_itself_has_speedup_one():
+    suite = Suite((TaskSpec("digits_mlp"),),
+                  (OptimizerSpec("adam"), OptimizerSpec("adam", label="adam_again")),
+                  steps=60, seeds=2, lr_num=3, lr_low=1e-3, lr_high=1e-1)  # fmt: skip
+    comparison = compare(evaluate_suite(suite), "adam")
+    for name in ("adam", "adam_again"):
+        entry = comparison["per_task"]["digits_mlp"][name]
+        assert entry["speedup"] == 1.0 and entry["reached"]
+    assert comparison["win_fraction"] == {"adam": 0.0, "adam_again": 0.0}
+
+
+@pytest.mark.slow
+def test_evaluate_command_writes_a_report_that_report_rerenders(tmp_path, capsys):
+    out = tmp_path / "eval"
+    code = main(["evaluate", "--tasks", "digits_mlp,rosenbrock", "--optimizers", "adam,sgd",
+                 "--steps", "40", "--seeds", "2", "--lr-num", "3", "--lr-low", "1e-3",
+                 "--out", str(out)])  # fmt: skip
+    assert code == 0
+    report = (out / "report.md").read_text()
+    assert "| digits_mlp | sgd |" in report and "speedup over adam" in report
+    for png in ("loss_curves.png", "performance_profile.png", "lr_sensitivity.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    assert list(out.glob("events.out.tfevents.*"))
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["tasks"]["rosenbrock"]["adam"]["lr_grid"]) == 3
+    (out / "report.md").unlink()
+    assert main(["report", str(out)]) == 0
+    assert (out / "report.md").read_text() == report
+
+
+BAD_CONFIGS = {
+    "tasks: [digits_mlp\n": "not valid YAML",
+    "tasks: [digits_mlp]\noptimizers: [adamm]\n": "unknown optimizer 'adamm'",
+    "tasks: [digits_mlp]\noptimizers: [adam]\nstepz: 5\n": "unknown key(s) stepz",
+    "tasks: [nope]\noptimizers: [adam]\n": "unknown task 'nope'",
+    "tasks: [{name: digits_mlp, options: {width: 3}}]\noptimizers: [adam]\n": "key(s) width",
+    "tasks: [digits_mlp]\noptimizers: [{name: adam, hparams: {b3: 1}}]\n": "b3",
+    "tasks: [digits_mlp]\noptimizers: [adam]\nsteps: -4\n": "positive integer",
+    "tasks: [digits_mlp]\noptimizers: [adam]\nlr_grid: {low: 1, high: 0.1}\n": "low must be below",
+    "- just\n- a list\n": "mapping",
+}
+
+
+@pytest.mark.parametrize("text, message", list(BAD_CONFIGS.items()))
+def test_bad_configs_exit_2_with_one_line(tmp_path, capsys, text, message):
+    config = tmp_path / "suite.yaml"
+    config.write_text(text)
+    code = main(["evaluate", "--config", str(config), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_report_of_a_missing_or_foreign_directory(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    (tmp_path / "results.json").write_text(json.dumps({"command": "train"}))
+    assert main(["report", str(tmp_path)]) == 2
+    assert "not the result of `l2o evaluate`" in capsys.readouterr().err
+
+
+def test_shipped_suites_parse():
+    from l2o.config import load_yaml, parse_suite
+
+    small = parse_suite(load_yaml("configs/suite_small.yaml"))
+    heldout = parse_suite(load_yaml("configs/suite_heldout.yaml"))
+    assert len(small.tasks) >= 8 and small.lr_num == 15 and small.steps == 2000
+    assert not {t.key for t in small.tasks} & {t.key for t in heldout.tasks}
+    assert jnp.isclose(small.learning_rates()[0], 1e-7)
