@@ -1,5 +1,81 @@
 """Hand-written baseline optimizers as optax transforms, by name."""
 
+from baselines.adahessian import AdaHessianState, adahessian, scale_by_adahessian
+from baselines.adam import (
+    AdamState,
+    AMSGradState,
+    adam,
+    adamax,
+    adamw,
+    amsgrad,
+    nadam,
+    radam,
+    scale_by_adam,
+    scale_by_adamax,
+    scale_by_amsgrad,
+    scale_by_radam,
+)
+from baselines.adaptive import (
+    AdaDeltaState,
+    AdaGradState,
+    RMSPropState,
+    adadelta,
+    adagrad,
+    rmsprop,
+    scale_by_adadelta,
+    scale_by_adagrad,
+    scale_by_rms,
+)
+from baselines.layerwise import lamb, lars, scale_by_lars, scale_by_trust_ratio
+from baselines.lion import LionState, lion, scale_by_lion
+from baselines.newton import LbfgsState, lbfgs, newton, scale_by_lbfgs, scale_by_newton
 from baselines.registry import OPTIMIZERS, get_optimizer, list_optimizers, optimizer_hparams
+from baselines.sgd import MomentumState, momentum, nesterov, scale_by_momentum, sgd
 
-__all__ = ["OPTIMIZERS", "get_optimizer", "list_optimizers", "optimizer_hparams"]
+__all__ = [
+    "OPTIMIZERS",
+    "AdaHessianState",
+    "LbfgsState",
+    "adahessian",
+    "lbfgs",
+    "newton",
+    "scale_by_adahessian",
+    "scale_by_lbfgs",
+    "scale_by_newton",
+    "AMSGradState",
+    "AdaDeltaState",
+    "AdaGradState",
+    "AdamState",
+    "LionState",
+    "MomentumState",
+    "RMSPropState",
+    "adadelta",
+    "adagrad",
+    "adam",
+    "adamax",
+    "adamw",
+    "amsgrad",
+    "get_optimizer",
+    "lamb",
+    "lars",
+    "lion",
+    "list_optimizers",
+    "momentum",
+    "nadam",
+    "nesterov",
+    "optimizer_hparams",
+    "radam",
+    "rmsprop",
+    "scale_by_adadelta",
+    "scale_by_adagrad",
+    "scale_by_adam",
+    "scale_by_adamax",
+    "scale_by_amsgrad",
+    "scale_by_lars",
+    "scale_by_lion",
+    "scale_by_momentum",
+    "scale_by_radam",
+    "scale_by_rms",
+    "scale_by_trust_ratio",
+    "sgd",
+]

@@ -2,40 +2,42 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 
 import optax
 
+from baselines.adahessian import adahessian
+from baselines.adam import adam, adamax, adamw, amsgrad, nadam, radam
+from baselines.adaptive import adadelta, adagrad, rmsprop
+from baselines.layerwise import lamb, lars
+from baselines.lion import lion
+from baselines.newton import lbfgs, newton
+from baselines.sgd import momentum, nesterov, sgd
 from tasks import UnknownNameError
 
-
-def sgd(learning_rate: optax.ScalarOrSchedule = 0.1) -> optax.GradientTransformationExtraArgs:
-    """Plain SGD: theta <- theta - lr * g (Robbins & Monro 1951)."""
-    return optax.with_extra_args_support(optax.sgd(learning_rate))
-
-
-def momentum(
-    learning_rate: optax.ScalarOrSchedule = 0.01, momentum: float = 0.9
-) -> optax.GradientTransformationExtraArgs:
-    """Heavy-ball momentum: v <- momentum * v + g; theta <- theta - lr * v (Polyak 1964)."""
-    return optax.with_extra_args_support(optax.sgd(learning_rate, momentum=momentum))
-
-
-def adam(
-    learning_rate: optax.ScalarOrSchedule = 1e-3,
-    b1: float = 0.9,
-    b2: float = 0.999,
-    eps: float = 1e-8,
-) -> optax.GradientTransformationExtraArgs:
-    """Adam with bias correction (Kingma & Ba 2015)."""
-    return optax.with_extra_args_support(optax.adam(learning_rate, b1=b1, b2=b2, eps=eps))
-
-
+# Every factory takes keyword hyperparameters, each with a default (a paper default where the
+# paper gives one): `l2o train` passes only the flags the user set.
 OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformationExtraArgs]] = {
     "sgd": sgd,
     "momentum": momentum,
+    "nesterov": nesterov,
+    "adagrad": adagrad,
+    "adadelta": adadelta,
+    "rmsprop": rmsprop,
     "adam": adam,
+    "adamw": adamw,
+    "amsgrad": amsgrad,
+    "nadam": nadam,
+    "adamax": adamax,
+    "radam": radam,
+    "lars": lars,
+    "lamb": lamb,
+    "lion": lion,
+    "adahessian": adahessian,
+    "newton": newton,
+    "lbfgs": lbfgs,
 }
 
 
@@ -45,13 +47,19 @@ def list_optimizers() -> list[str]:
 
 
 def optimizer_hparams(name: str) -> dict[str, object]:
-    """Hyperparameters of optimizer `name` with their defaults."""
+    """Hyperparameters of optimizer `name` with their defaults.
+
+    A variant defined as `functools.partial(base, flag=value)` does not list the arguments it
+    fixes (`nesterov` of "nadam"): they define the variant and are not hyperparameters.
+    """
     if name not in OPTIMIZERS:
         raise UnknownNameError(
             f"unknown optimizer {name!r}; valid optimizers: {', '.join(list_optimizers())}"
         )
-    params = inspect.signature(OPTIMIZERS[name]).parameters.values()
-    return {p.name: p.default for p in params}
+    factory = OPTIMIZERS[name]
+    fixed = factory.keywords if isinstance(factory, functools.partial) else {}
+    params = inspect.signature(factory).parameters.values()
+    return {p.name: p.default for p in params if p.name not in fixed}
 
 
 def get_optimizer(name: str, **hparams) -> optax.GradientTransformationExtraArgs:

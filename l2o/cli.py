@@ -76,6 +76,18 @@ def cmd_tasks(args) -> int:
     return 0
 
 
+def cmd_optimizers(args) -> int:
+    """List the baseline optimizers with their hyperparameters and defaults."""
+    from baselines import OPTIMIZERS, list_optimizers, optimizer_hparams
+
+    for name in list_optimizers():
+        doc = (OPTIMIZERS[name].__doc__ or "").strip().splitlines()
+        hparams = ", ".join(f"{k}={v!r}" for k, v in optimizer_hparams(name).items())
+        print(f"{name:11s} {doc[0] if doc else ''}")
+        print(f"{'':11s} {hparams}")
+    return 0
+
+
 def cmd_train(args) -> int:
     """Train one optimizer on one task; write results.json and TensorBoard events."""
     from l2o.train_command import run_train_command
@@ -118,12 +130,29 @@ def cmd_report(args) -> int:
     return run_report_command(Path(args.directory))
 
 
+def cmd_meta_train(args) -> int:
+    """Meta-train a learned optimizer from a YAML config."""
+    from l2o.meta_train_command import run_meta_train_command
+
+    return run_meta_train_command(args.config, Path(args.out), resume=args.resume, steps=args.steps)
+
+
+def cmd_export(args) -> int:
+    """Export the learned optimizer of a meta-training run directory."""
+    from l2o.meta_train_command import run_export_command
+
+    return run_export_command(Path(args.run_dir), Path(args.out) if args.out else None)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="l2o", description="Learning to optimize in JAX.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("tasks", help="list tasks and task families")
     p.set_defaults(func=cmd_tasks)
+
+    p = sub.add_parser("optimizers", help="list baseline optimizers and their hyperparameters")
+    p.set_defaults(func=cmd_optimizers)
 
     p = sub.add_parser("train", help="train one optimizer on one task")
     p.add_argument("--task", required=True, help="task name (see `l2o tasks`)")
@@ -153,6 +182,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="re-render an evaluation report from results.json")
     p.add_argument("directory", help="output directory of `l2o evaluate`")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("meta-train", help="meta-train a learned optimizer")
+    p.add_argument("--config", type=Path, required=True, help="YAML run (configs/meta_*.yaml)")
+    p.add_argument("--out", default="runs/meta", help="output directory")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    p.add_argument("--steps", type=_positive_int, help="outer steps (override the config)")
+    p.set_defaults(func=cmd_meta_train)
+
+    p = sub.add_parser("export", help="write a meta-training run's learned optimizer file")
+    p.add_argument("run_dir", help="output directory of `l2o meta-train`")
+    p.add_argument("--out", help="file to write (default RUN_DIR/optimizer.l2o)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("quickstart", help="compare baselines on offline tasks; write a report")
     p.add_argument("--out", default="runs/quickstart", help="output directory")
