@@ -112,6 +112,26 @@ def cmd_quickstart(args) -> int:
     return run_quickstart(Path(args.out), steps=args.steps, seeds=args.seeds)
 
 
+def cmd_tune(args) -> int:
+    """Tune an optimizer's hyperparameters on a task (grid, random, CMA-ES or TPE)."""
+    from l2o.tune_command import run_tune_command
+
+    return run_tune_command(
+        optimizer_name=args.optimizer,
+        task_name=args.task,
+        space_path=Path(args.space),
+        method=args.method,
+        trials=args.trials,
+        steps=args.steps,
+        seeds=args.seeds,
+        seed=args.seed,
+        out=Path(args.out or f"runs/tune_{args.task}_{args.optimizer}_{args.method}"),
+        resume=args.resume,
+        task_options=parse_assignments(args.task_opt, "--task-opt"),
+        reports=args.reports,
+    )
+
+
 def cmd_evaluate(args) -> int:
     """Evaluate optimizers x tasks x seeds with tuned learning rates; write a report."""
     from l2o.evaluate_command import run_evaluate_command, suite_from_flags
@@ -166,6 +186,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hparam", action="append", metavar="NAME=VALUE", help="optimizer option")
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("tune", help="tune an optimizer's hyperparameters on a task")
+    p.add_argument("--optimizer", required=True, help="baseline optimizer name")
+    p.add_argument("--task", required=True, help="task name")
+    p.add_argument("--space", required=True, help="YAML search space (configs/spaces/*.yaml)")
+    p.add_argument("--method", default="tpe", help="tpe, random, grid or cmaes")
+    p.add_argument("--trials", type=_positive_int, default=20, help="trials (grid: points)")
+    p.add_argument("--steps", type=_positive_int, default=200, help="training steps per trial")
+    p.add_argument("--seeds", type=_positive_int, default=1, help="training seeds per trial")
+    p.add_argument("--seed", type=_nonnegative_int, default=0, help="seed of the tuner")
+    p.add_argument("--reports", type=_positive_int, default=9,
+                   help="TPE: validation reports per trial (Hyperband's resource)")  # fmt: skip
+    p.add_argument("--out", help="output directory (default runs/tune_TASK_OPTIMIZER_METHOD)")
+    p.add_argument("--resume", action="store_true", help="continue the TPE study in --out")
+    p.add_argument("--task-opt", action="append", metavar="NAME=VALUE", help="task option")
+    p.set_defaults(func=cmd_tune)
+
     p = sub.add_parser("evaluate", help="tuned optimizers x tasks x seeds, compared in a report")
     p.add_argument("--config", type=Path, help="YAML suite (e.g. configs/suite_small.yaml)")
     p.add_argument("--tasks", help="comma-separated task names (override the config)")
@@ -192,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="write a meta-training run's learned optimizer file")
     p.add_argument("run_dir", help="output directory of `l2o meta-train`")
-    p.add_argument("--out", help="file to write (default RUN_DIR/optimizer.l2o)")
+    p.add_argument("--out", help="file to write (default RUN_DIR/optimizer.safetensors)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("quickstart", help="compare baselines on offline tasks; write a report")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -12,6 +13,9 @@ import yaml
 from baselines import list_optimizers
 from l2o.evaluate import OptimizerSpec, Suite, TaskSpec, optimizer_factory
 from l2o.io import UserError
+from l2o.meta_gradients import EstimatorConfig
+from l2o.meta_objective import MetaObjective
+from l2o.meta_train import OuterConfig
 from tasks import list_tasks
 from tasks.registry import task_overrides
 
@@ -140,3 +144,66 @@ def parse_suite(data: Mapping[str, Any], where: str = "config") -> Suite:
     if not 0 <= suite.eval_every <= suite.steps:
         raise UserError(f"{where}: eval_every {suite.eval_every} must lie in 0..steps")
     return suite
+
+
+@dataclasses.dataclass(frozen=True)
+class MetaRun:
+    """A meta-training run: learned optimizer, tasks, estimator, objective, outer loop, I/O."""
+
+    optimizer: str
+    optimizer_config: dict
+    tasks: tuple[TaskSpec, ...]
+    estimator: EstimatorConfig
+    objective: MetaObjective
+    outer: OuterConfig
+    checkpoint_every: int = 50
+    eval_every: int = 100
+
+
+META_KEYS = {"optimizer", "tasks", "estimator", "objective", "outer", "checkpoint_every",
+             "eval_every"}  # fmt: skip
+
+
+def _dataclass_from(cls, data: Any, where: str):
+    """`cls(**data)` with unknown keys and bad values reported as UserError."""
+    data = _mapping(data, where)
+    check_keys(data, {f.name for f in dataclasses.fields(cls)}, where)
+    try:
+        return cls(**data)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{where}: {e}") from None
+
+
+def parse_meta_run(data: Mapping[str, Any], where: str = "config") -> MetaRun:
+    """A validated `MetaRun` from a config mapping (see configs/meta_*.yaml)."""
+    from l2o.learned import LEARNED_OPTIMIZERS
+
+    check_keys(data, META_KEYS, where)
+    opt = _mapping(data.get("optimizer"), f"{where}.optimizer")
+    check_keys(opt, {"name", "config"}, f"{where}.optimizer")
+    if opt.get("name") not in LEARNED_OPTIMIZERS:
+        raise UserError(
+            f"{where}.optimizer: unknown learned optimizer {opt.get('name')!r}; "
+            f"valid: {', '.join(sorted(LEARNED_OPTIMIZERS))}"
+        )
+    if not isinstance(data.get("tasks"), list) or not data["tasks"]:
+        raise UserError(f"{where}: 'tasks' must be a non-empty list")
+    run = MetaRun(
+        optimizer=opt["name"],
+        optimizer_config=_mapping(opt.get("config"), f"{where}.optimizer.config"),
+        tasks=tuple(parse_task(t, f"{where}.tasks[{i}]") for i, t in enumerate(data["tasks"])),
+        estimator=_dataclass_from(EstimatorConfig, data.get("estimator"), f"{where}.estimator"),
+        objective=_dataclass_from(MetaObjective, data.get("objective"), f"{where}.objective"),
+        outer=_dataclass_from(OuterConfig, data.get("outer"), f"{where}.outer"),
+        checkpoint_every=number(
+            data.get("checkpoint_every", 50), f"{where}.checkpoint_every", integer=True
+        ),  # fmt: skip
+        eval_every=number(data.get("eval_every", 100), f"{where}.eval_every", integer=True),
+    )
+    for name, value in (("estimator.num_tasks", run.estimator.num_tasks),
+                        ("estimator.num_pairs", run.estimator.num_pairs),
+                        ("outer.steps", run.outer.steps)):  # fmt: skip
+        number(value, f"{where}.{name}", integer=True)
+    number(run.estimator.sigma, f"{where}.estimator.sigma")
+    number(run.outer.learning_rate, f"{where}.outer.learning_rate")
+    return run

@@ -41,5 +41,6 @@ def encode_scalars(scalars: Scalars, wall_time: float | None = None) -> bytes:
 def write_scalars(directory: str | os.PathLike, scalars: Scalars) -> Path:
     """Write one event file of `scalars` into `directory` (TensorBoard's `--logdir`)."""
     now = time.time()
-    name = f"events.out.tfevents.{int(now)}.{socket.gethostname()}.{os.getpid()}.l2o"
+    # The nanosecond clock keeps two files written within one second apart.
+    name = f"events.out.tfevents.{int(now)}.{socket.gethostname()}.{time.time_ns()}.l2o"
     return write_bytes_atomic(Path(directory) / name, encode_scalars(scalars, now))

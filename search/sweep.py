@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 
 import jax
@@ -19,6 +20,18 @@ def log_grid(low: float, high: float, num: int) -> np.ndarray:
     return np.logspace(np.log10(low), np.log10(high), num).astype(np.float32)
 
 
+@functools.lru_cache(maxsize=32)
+def _compiled_sweep(make_optimizer: MakeOptimizer, num_steps: int, eval_every: int):
+    """The jitted members x seeds training function, kept so repeated calls do not recompile."""
+
+    def one(task, member, seed):
+        optimizer = make_optimizer(member)
+        return train(task, optimizer, num_steps, jax.random.key(seed), eval_every=eval_every)[1]
+
+    over_seeds = jax.vmap(one, in_axes=(None, None, 0))
+    return jax.jit(jax.vmap(over_seeds, in_axes=(None, 0, None)))
+
+
 def population_sweep(
     task: Task,
     make_optimizer: MakeOptimizer,
@@ -34,14 +47,9 @@ def population_sweep(
     metrics of `tasks.train` with leading axes `[P, S]`. One compilation, one call.
     """
 
-    def one(task, member, seed):
-        optimizer = make_optimizer(member)
-        return train(task, optimizer, num_steps, jax.random.key(seed), eval_every=eval_every)[1]
-
-    over_seeds = jax.vmap(one, in_axes=(None, None, 0))
-    over_members = jax.vmap(over_seeds, in_axes=(None, 0, None))
+    run = _compiled_sweep(make_optimizer, num_steps, eval_every)
     population = {k: jnp.asarray(v, jnp.float32) for k, v in hparams.items()}
-    metrics = jax.jit(over_members)(task, population, jnp.asarray(seeds))
+    metrics = run(task, population, jnp.asarray(seeds))
     return jax.device_get(metrics)
 
 

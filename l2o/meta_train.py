@@ -1,0 +1,113 @@
+"""Meta-training: the outer loop that updates theta with a meta-gradient estimate (PES, ES or
+truncated BPTT) over a batch of tasks, with clipped meta-gradients and Adam on theta.
+
+Outer step `i` draws its randomness from `fold_in(key, i)` and works on task `i mod len(tasks)`,
+so a run resumed from a checkpoint of step `i` continues bit for bit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from l2o.meta_gradients import POPULATION_STRATEGIES, EstimatorConfig, make_estimator
+from l2o.meta_objective import MetaObjective, Transform
+from tasks import Task
+
+PyTree = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class OuterConfig:
+    """Outer optimisation: steps, Adam's learning rate on theta, meta-gradient clipping."""
+
+    steps: int = 500
+    learning_rate: float = 1e-3
+    clip_norm: float = 1.0
+    seed: int = 0
+
+
+class MetaState(NamedTuple):
+    """Everything the outer loop carries: theta, Adam's state, each task's estimator state."""
+
+    theta: PyTree
+    outer_state: optax.OptState
+    estimator_states: tuple
+    step: jax.Array
+
+
+def outer_optimizer(config: OuterConfig) -> optax.GradientTransformation:
+    """Global-norm clipping of the meta-gradient, then Adam."""
+    clip = optax.clip_by_global_norm(config.clip_norm)
+    return optax.chain(clip, optax.adam(config.learning_rate))
+
+
+def _finite(tree: PyTree) -> jax.Array:
+    return jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+class MetaTrainer(NamedTuple):
+    """`init() -> MetaState` and `step(state) -> (state, metrics)`, each jitted per task."""
+
+    init: Callable[[], MetaState]
+    step: Callable[[MetaState], tuple[MetaState, dict]]
+
+
+def make_meta_trainer(
+    tasks: Sequence[Task],
+    init_theta: Callable[[jax.Array], PyTree],
+    transform: Transform,
+    objective: MetaObjective,
+    estimator: EstimatorConfig,
+    outer: OuterConfig,
+) -> MetaTrainer:
+    """The outer loop over `tasks` (round robin), as pure jitted functions of the MetaState.
+
+    Gradient estimators (PES, ES, truncated BPTT) feed Adam on theta; the evosax strategies
+    (`open_es`, `cma_es`) replace both with their own update of the search distribution.
+    """
+    if estimator.name in POPULATION_STRATEGIES:
+        from l2o.meta_es import make_es_trainer  # imports this module: imported late
+
+        return make_es_trainer(tasks, init_theta, transform, objective, estimator, outer)
+    optimizer = outer_optimizer(outer)
+    estimators = [make_estimator(task, transform, objective, estimator) for task in tasks]
+    init_key, base_key = jax.random.split(jax.random.key(outer.seed))
+
+    def init() -> MetaState:
+        theta_key, *task_keys = jax.random.split(init_key, len(tasks) + 1)
+        theta = init_theta(theta_key)
+        states = tuple(
+            jax.jit(est.init)(theta, k) for est, k in zip(estimators, task_keys, strict=True)
+        )
+        return MetaState(theta, optimizer.init(theta), states, jnp.zeros((), jnp.int32))
+
+    def task_step(index: int):
+        est = estimators[index]
+
+        def step(state: MetaState) -> tuple[MetaState, dict]:
+            key = jax.random.fold_in(base_key, state.step)
+            grad, est_state, metrics = est.estimate(state.theta, state.estimator_states[index], key)
+            finite = _finite(grad)
+            grad = jax.tree.map(lambda g: jnp.where(finite, g, 0.0), grad)
+            updates, outer_state = optimizer.update(grad, state.outer_state, state.theta)
+            theta = optax.apply_updates(state.theta, updates)
+            states = tuple(
+                est_state if i == index else s for i, s in enumerate(state.estimator_states)
+            )
+            metrics = {**metrics, "grad_norm": optax.tree.norm(grad), "nonfinite_grad": ~finite}
+            return MetaState(theta, outer_state, states, state.step + 1), metrics
+
+        return jax.jit(step)
+
+    steps = [task_step(i) for i in range(len(tasks))]
+
+    def step(state: MetaState) -> tuple[MetaState, dict]:
+        return steps[int(state.step) % len(tasks)](state)
+
+    return MetaTrainer(init, step)
