@@ -26,13 +26,40 @@ from baselines.adaptive import (
     scale_by_adagrad,
     scale_by_rms,
 )
+from baselines.clipping import clip_by_global_norm, clip_by_value
+from baselines.estimators import (
+    ESTIMATORS,
+    dfa,
+    forward_gradient,
+    get_estimator,
+    list_estimators,
+)
 from baselines.layerwise import lamb, lars, scale_by_lars, scale_by_trust_ratio
 from baselines.lion import LionState, lion, scale_by_lion
 from baselines.newton import LbfgsState, lbfgs, newton, scale_by_lbfgs, scale_by_newton
 from baselines.registry import OPTIMIZERS, get_optimizer, list_optimizers, optimizer_hparams
+from baselines.schedules import (
+    SCHEDULES,
+    get_schedule,
+    list_schedules,
+    reduce_on_plateau,
+    warmup,
+)
 from baselines.sgd import MomentumState, momentum, nesterov, scale_by_momentum, sgd
 
 __all__ = [
+    "ESTIMATORS",
+    "SCHEDULES",
+    "clip_by_global_norm",
+    "clip_by_value",
+    "dfa",
+    "forward_gradient",
+    "get_estimator",
+    "get_schedule",
+    "list_estimators",
+    "list_schedules",
+    "reduce_on_plateau",
+    "warmup",
     "OPTIMIZERS",
     "AdaHessianState",
     "LbfgsState",

@@ -102,6 +102,8 @@ def cmd_train(args) -> int:
         seed=args.seed,
         eval_every=args.eval_every,
         out=Path(args.out or f"runs/{args.task}_{args.optimizer}_s{args.seed}"),
+        grad=args.grad,
+        grad_options=parse_assignments(args.grad_opt, "--grad-opt"),
     )
 
 
@@ -184,6 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=_positive_int, help="steps between evaluations")
     p.add_argument("--task-opt", action="append", metavar="NAME=VALUE", help="task option")
     p.add_argument("--hparam", action="append", metavar="NAME=VALUE", help="optimizer option")
+    p.add_argument("--grad", default="backprop",
+                   help="gradient estimator: backprop, forward or dfa")  # fmt: skip
+    p.add_argument("--grad-opt", action="append", metavar="NAME=VALUE",
+                   help="estimator option, e.g. num_tangents=4")  # fmt: skip
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("tune", help="tune an optimizer's hyperparameters on a task")

@@ -51,6 +51,25 @@ def build_optimizer(name: str, hparams: dict):
         raise UserError(f"cannot build optimizer {name!r} with {hparams}: {e}") from None
 
 
+def build_estimator(name: str, task, options: dict):
+    """`baselines.get_estimator`, checked on the task by tracing it once (no compilation)."""
+    import jax
+
+    from baselines import get_estimator
+
+    try:
+        grad_fn = get_estimator(name, **options)
+        key = jax.random.key(0)
+        params = jax.eval_shape(task.init, key)
+        jax.eval_shape(lambda p, b: grad_fn(task, p, key, b), params,
+                       jax.eval_shape(task.sample_batch, key))  # fmt: skip
+    except (TypeError, ValueError) as e:
+        if type(e).__name__ == "UnknownNameError":
+            raise
+        raise UserError(f"gradient estimator {name!r}: {' '.join(str(e).split())}") from None
+    return grad_fn
+
+
 def progress_bar() -> Progress:
     """A rich progress bar on stderr."""
     return Progress(
@@ -85,6 +104,8 @@ def run_train_command(
     seed: int,
     eval_every: int | None,
     out: Path,
+    grad: str = "backprop",
+    grad_options: dict | None = None,
 ) -> int:
     """Validate everything, train, then write `out/results.json` and events; the exit code."""
     if learning_rate is not None:
@@ -94,6 +115,7 @@ def run_train_command(
         raise UserError(f"--eval-every {eval_every} is larger than --steps {steps}")
     task = build_task(task_name, task_options)
     optimizer = build_optimizer(optimizer_name, hparams)
+    grad_fn = build_estimator(grad, task, grad_options or {})
     from baselines import optimizer_hparams
 
     hparams = {**optimizer_hparams(optimizer_name), **hparams}
@@ -104,6 +126,7 @@ def run_train_command(
         metrics, timings = train_in_chunks(
             task, optimizer, steps, seed,
             eval_every=eval_every,
+            grad_fn=grad_fn,
             on_chunk=lambda done: bar.update(job, completed=done),
         )  # fmt: skip
 
@@ -120,7 +143,8 @@ def run_train_command(
             "steps": steps,
             "seed": seed,
             "eval_every": eval_every,
-            "grad": "backprop",
+            "grad": grad,
+            "grad_options": grad_options or {},
         },
         "final": final,
         "metrics": metrics,

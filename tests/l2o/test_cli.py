@@ -141,3 +141,26 @@ def test_console_entry_point_reports_errors_without_traceback():
     bad = subprocess.run([sys.executable, "-m", "l2o.cli", "train", "--task", "x", "--optimizer",
                           "adam"], capture_output=True, text=True)  # fmt: skip
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_gradient_estimators_through_the_command(tmp_path, capsys):
+    out = tmp_path / "dfa"
+    code, _, _ = _run(["train", "--task", "digits_mlp", "--optimizer", "adam", "--lr", "3e-3",
+                       "--steps", "300", "--grad", "dfa", "--out", str(out)], capsys)  # fmt: skip
+    results = json.loads((out / "results.json").read_text())
+    assert code == 0 and results["config"]["grad"] == "dfa"
+    assert results["final"]["test_accuracy"] > 0.8
+    code, _, err = _run(["train", "--task", "rosenbrock", "--optimizer", "adam", "--grad", "dfa",
+                         "--out", str(tmp_path / "x")], capsys)  # fmt: skip
+    assert code == 2 and "no layered MLP" in err and not (tmp_path / "x").exists()
+    code, _, err = _run(["train", "--task", "rosenbrock", "--optimizer", "adam", "--grad",
+                         "forward", "--grad-opt", "tangents=2"], capsys)  # fmt: skip
+    assert code == 2 and "num_tangents" in err
+
+
+def test_optimizers_lists_every_baseline_with_defaults(capsys):
+    code, out, _ = _run(["optimizers"], capsys)
+    assert code == 0
+    for name in ("adahessian", "lbfgs", "lion", "radam", "lars"):
+        assert f"\n{name}" in f"\n{out}"
+    assert "b2=0.999" in out
