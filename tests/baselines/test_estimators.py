@@ -239,21 +239,16 @@ def test_dfa_trains_an_mnist_mlp():
 
 @pytest.mark.slow
 def test_dfa_trains_a_digits_mlp():
-    """Measured: 64-128-10 ReLU, Adam 3e-3, batch 64, 2000 steps: 91.6-93.2% over 5 seeds
-    (91.8% with seed 0).
-
-    Backprop with the same settings reaches 92.0-94.2%: the unshuffled digits split (its last
-    500 images, by other writers) caps MLPs near 94%, so 97% is out of reach for either.
-    """
+    """Measured (seed 0, shuffled digits split): 64-128-10 ReLU, Adam 3e-3, batch 64, 2000
+    steps: 98.6% (backprop: 98.8%)."""
     task = get_task("digits_mlp", hidden=(128,))
-    assert accuracy_after(task, optax.adam(3e-3), 2000, dfa()) >= 0.90
+    assert accuracy_after(task, optax.adam(3e-3), 2000, dfa()) >= 0.97
 
 
 @pytest.mark.slow
 def test_forward_gradient_trains_a_digits_mlp():
-    """Measured: 64-32-10 ReLU, 8 tangents, Adam with cosine decay from 3e-3, batch 64, 20000
-    steps: 91.2-93.0% over 5 seeds (91.2% with seed 0). 4 tangents: 89.4-91.4%; backprop with
-    the same settings: 91.8-92.6%."""
+    """Measured (seed 0): 64-32-10 ReLU, 8 tangents, Adam with cosine decay from 3e-3, batch 64,
+    5000 steps: 96.4%; 4 tangents and 3000 steps: 90.2%."""
     task = get_task("digits_mlp")
-    optimizer = optax.adam(optax.cosine_decay_schedule(3e-3, 20_000))
-    assert accuracy_after(task, optimizer, 20_000, forward_gradient(8)) >= 0.90
+    optimizer = optax.adam(optax.cosine_decay_schedule(3e-3, 5000))
+    assert accuracy_after(task, optimizer, 5000, forward_gradient(8)) >= 0.90

@@ -150,6 +150,9 @@ def test_digits():
     assert x.shape[1:] == (8, 8, 1) and x.dtype == np.float32 and y.dtype == np.int32
     assert 0.0 <= min(x.min(), xt.min()) and max(x.max(), xt.max()) <= 1.0
     assert set(np.unique(y)) == set(np.unique(yt)) == set(range(10))
+    assert np.bincount(yt).min() >= 35  # a shuffled split: every class in the test set
+    again = image_datasets.load_digits()
+    assert np.array_equal(again["test"][1], yt)  # the same fixed permutation every time
 
 
 def test_corrupted_copy_names_file(shared_dir, empty_dir):
