@@ -33,7 +33,8 @@ def test_vmap_over_seeds_equals_separate_runs(digits):
 
 
 def test_vmap_over_learning_rates_equals_separate_runs(digits):
-    lrs = jnp.array([1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0])
+    # Stable learning rates: at lr >= 1 SGD is chaotic here and amplifies rounding differences.
+    lrs = jnp.array([1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.2])
     key = jax.random.key(1)
 
     def run(lr):
