@@ -1,6 +1,6 @@
 """Meta-training throughput on the reference workload of learned_optimization's PES.
 
-Run: python bench/meta.py [--outer-steps 20]
+Run from the repository root: python -m bench.meta [--outer-steps 20]
 
 Workload: 8 tasks, each an MLP 64-32-10 (ReLU) on the 8x8x1 digits with batch 128 (2,410
 parameters, softmax cross-entropy); the per-parameter MLP learned optimizer (`l2o.learned`

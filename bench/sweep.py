@@ -1,6 +1,6 @@
 """Learning-rate sweeps: one vmapped call vs one run at a time, and the whole small-suite sweep.
 
-Run: python bench/sweep.py [--steps 2000] [--full]
+Run from the repository root: python -m bench.sweep [--steps 2000] [--full]
 
 1. For each task of configs/suite_small.yaml: the 15-LR x 3-seed Adam sweep as ONE vmapped
    call (`search.population_sweep`) vs the same 45 runs one at a time (one compiled

@@ -2,7 +2,7 @@
 backprop, on the MNIST MLP (784-128-10, batch 128); accuracy of DFA and forward gradient on the
 digits MLP.
 
-Run: python bench/baseline_costs.py   (not named baselines.py: that would shadow the package) [--steps 300] [--repeats 3]
+Run from the repository root: python -m bench.baselines [--steps 300] [--repeats 3]
 """
 
 from __future__ import annotations
