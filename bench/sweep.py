@@ -47,9 +47,12 @@ def compare_task(spec, suite, steps):
     t0 = time.perf_counter()
     apart = one_at_a_time(task, lrs, seeds, steps)
     t_loop = time.perf_counter() - t0
-    diff = np.nanmax(np.abs(np.stack(apart).reshape(together.shape) - together))
+    apart = np.stack(apart).reshape(together.shape)
+    final = np.where(np.isfinite(together[..., -1]), together[..., -1], np.inf).mean(1)
+    best = int(np.argmin(final))  # large learning rates are chaotic: compare the tuned runs
+    diff = np.max(np.abs(apart[best] - together[best]) / np.abs(together[best]))
     print(f"  {spec.key:24s} vmapped {t_vmap:7.1f} s   one at a time {t_loop:7.1f} s   "
-          f"ratio {t_loop / t_vmap:5.2f}x   max |diff| {diff:.1e}")  # fmt: skip
+          f"ratio {t_loop / t_vmap:5.2f}x   best-LR max rel. diff {diff:.1e}")  # fmt: skip
     return t_vmap, t_loop
 
 
