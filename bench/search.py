@@ -14,8 +14,8 @@ seed per program.
    * warm starts: the six library programs, repeated;
    * mutants: warm starts after 1-3 random edits (insert / replace op / change constant / delete),
      as an evolutionary search makes them;
-   * random: random edits of SGD until 10 or more instructions are live, so that nearly every op
-     occurs at every slot.
+   * random: chains of 12 random ops (each reading the one before), so nearly every op occurs
+     at every slot.
    The body dispatch runs only the ops present at a slot when there are at most
    `LOOP_MAX_OPS` of them, else all ops and a select; the table shows both pure strategies too.
 2. One at a time: each program as its own `program_transform`, jitted `tasks.train`: what a naive
@@ -85,12 +85,37 @@ def population(kind: str, size: int, rng: np.random.Generator) -> list[Program]:
             program = warm[i % len(warm)]
             for _ in range(int(rng.integers(1, 4))):
                 program = random_edit(program, rng)
-        else:  # random edits of SGD until at least 10 instructions are live
-            program = get_program("sgd")
-            while encoded_length(program) < 10:
-                program = random_edit(program, rng)
+        else:
+            program = random_chain(12, rng)
         programs.append(program)
     return programs
+
+
+def random_chain(length: int, rng: np.random.Generator) -> Program:
+    """`length` random ops, each reading the previous result (so all are live), then `lr *`."""
+    ops, out = sorted(OPS), NUM_FIXED + 2
+    insts, prev, defined = [], 1, list(range(NUM_FIXED))  # starts from g
+    while len(insts) < length:
+        op = OPS[ops[rng.integers(len(ops))]]
+        args = [prev, *(int(a) for a in rng.choice(defined, 2))][: op.arity]
+        target = NUM_FIXED + len(insts) % 6
+        inst = Instruction(op.name, target, tuple(rng.permutation(args)), float(rng.normal()))
+        try:
+            Program((*insts, inst, Instruction("mul", out, (2, target))), update=out)
+        except ValueError:
+            try:  # a scalar result: scale g by it
+                tail = (Instruction("scale", out, (target, 1)), Instruction("mul", out, (2, out)))
+                Program((*insts, inst, *tail), update=out)
+            except ValueError:
+                continue
+        insts.append(inst)
+        prev = target
+        defined.append(target)
+    try:
+        return Program((*insts, Instruction("mul", out, (2, prev))), update=out)
+    except ValueError:
+        tail = (Instruction("scale", out, (prev, 1)), Instruction("mul", out, (2, out)))
+        return Program((*insts, *tail), update=out)
 
 
 def timed(fn):
@@ -108,7 +133,9 @@ def vectorized(task, kind: str, size: int, steps: int, rng, loop_max_ops: int | 
     lrs, seeds = np.array([0.01], np.float32), np.array([0])
     pops = [encode_population(population(kind, size, rng), MAX_LEN, NUM_STATE) for _ in range(3)]
     _, first = timed(lambda: population_losses(task, pops[0], lrs, seeds, steps))
-    best = min(timed(lambda p=p: population_losses(task, p, lrs, seeds, steps))[1] for p in pops[1:])
+    best = min(
+        timed(lambda p=p: population_losses(task, p, lrs, seeds, steps))[1] for p in pops[1:]
+    )
     distinct = float(np.mean(np.asarray(slot_ops(pops[1].body_ops).counts)))
     return first, best, distinct
 

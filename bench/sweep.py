@@ -49,10 +49,16 @@ def compare_task(spec, suite, steps):
     t_loop = time.perf_counter() - t0
     apart = np.stack(apart).reshape(together.shape)
     final = np.where(np.isfinite(together[..., -1]), together[..., -1], np.inf).mean(1)
-    best = int(np.argmin(final))  # large learning rates are chaotic: compare the tuned runs
-    diff = np.max(np.abs(apart[best] - together[best]) / np.abs(together[best]))
+    best = int(np.argmin(final))
+    # Batched and single kernels round differently; over thousands of steps the trajectories
+    # drift apart in detail, so compare what a sweep reports: the tuned LR's final loss.
+    a, b = apart[best, :, -100:].mean(), together[best, :, -100:].mean()
+    same_lr = best == int(
+        np.argmin(np.where(np.isfinite(apart[..., -1]), apart[..., -1], np.inf).mean(1))
+    )
     print(f"  {spec.key:24s} vmapped {t_vmap:7.1f} s   one at a time {t_loop:7.1f} s   "
-          f"ratio {t_loop / t_vmap:5.2f}x   best-LR max rel. diff {diff:.1e}")  # fmt: skip
+          f"ratio {t_loop / t_vmap:5.2f}x   same best LR {same_lr}, final loss rel. diff "
+          f"{abs(a - b) / abs(b):.1e}")  # fmt: skip
     return t_vmap, t_loop
 
 

@@ -20,20 +20,23 @@ from tasks import list_tasks
 from tasks.registry import task_overrides
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """A YAML mapping from `path`; UserError for a missing, unreadable or malformed file."""
+def load_yaml(path: str | Path, what: str = "config") -> dict[str, Any]:
+    """A YAML mapping from `path`; UserError for a missing, unreadable, empty or malformed file."""
     try:
         text = Path(path).read_text()
     except FileNotFoundError:
-        raise UserError(f"no such config file: {path}") from None
+        raise UserError(f"no such {what} file: {path}") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read config {path}: {e}") from None
+        raise UserError(f"cannot read the {what} file {path}: {e}") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        where = getattr(e, "problem_mark", None)
-        line = f" (line {where.line + 1})" if where else ""
-        raise UserError(f"{path} is not valid YAML{line}") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or "cannot parse it"
+        raise UserError(f"{path}: malformed YAML{where}: {problem}") from None
+    if data is None:
+        raise UserError(f"{path} is empty; expected a YAML mapping")
     if not isinstance(data, dict):
         raise UserError(f"{path} must hold a YAML mapping at the top level")
     return data

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
+from l2o.config import load_yaml
 from l2o.io import UserError, check_writable_dir, write_json_atomic
 from l2o.train_command import (
     EXIT_DIVERGED,
@@ -31,21 +31,7 @@ def read_space(path: Path, allowed: list[str]):
     """`(spec, Space)` of a YAML space file, or a one-line UserError naming the problem."""
     from search.spaces import parse_space
 
-    try:
-        text = Path(path).read_text()
-    except FileNotFoundError:
-        raise UserError(f"no such space file: {path}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read the space file {path}: {e}") from None
-    try:
-        spec = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or "cannot parse it"
-        raise UserError(f"{path}: malformed YAML{where}: {problem}") from None
-    if spec is None:
-        raise UserError(f"{path} is empty; expected a mapping of hyperparameter names")
+    spec = load_yaml(path, "space")
     try:
         return spec, parse_space(spec, allowed)
     except ValueError as e:

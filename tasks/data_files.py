@@ -118,8 +118,8 @@ CIFAR10_BATCH_FILES = tuple(f"data_batch_{i}.bin" for i in range(1, 6)) + ("test
 _CIFAR10_MAX_MEMBER_BYTES = 64 << 20
 
 OFFLINE_ALTERNATIVES = (
-    "Offline alternatives: the tasks digits_mlp and mnist1d_mlp and the synthetic tasks "
-    "need no files."
+    "Offline alternatives: the tasks digits_mlp, digits_cnn, mnist1d_mlp, shakespeare_tiny_lm "
+    "and the synthetic tasks need no files (see `l2o tasks`)."
 )
 
 

@@ -65,29 +65,22 @@ def char_lm_task(
     )
 
 
+SHAKESPEARE_SOURCES = {"full": load_tiny_shakespeare, "excerpt": load_shakespeare_excerpt}
+
+
 def shakespeare_char_lm(
-    seq_len: int = 64, batch_size: int = 32, embed_dim: int = 32, hidden: int = 128
+    name: str,
+    source: str,
+    seq_len: int = 64,
+    batch_size: int = 32,
+    embed_dim: int = 32,
+    hidden: int = 128,
 ) -> Task:
-    """Tiny-Shakespeare character LSTM (90/5/5 contiguous split of the text)."""
-    tokens, vocab = load_tiny_shakespeare()
+    """A character LSTM on Tiny Shakespeare, `source` "full" (data folder) or "excerpt" (the
+    bundled first 200k characters); a 90/5/5 contiguous split of the text."""
+    tokens, vocab = networks.lookup(SHAKESPEARE_SOURCES, source, "Shakespeare source")()
     return char_lm_task(
-        "shakespeare_lm",
-        split_stream(tokens, 0.05, 0.05),
-        len(vocab),
-        seq_len=seq_len,
-        batch_size=batch_size,
-        embed_dim=embed_dim,
-        hidden=hidden,
-    )
-
-
-def shakespeare_excerpt_char_lm(
-    seq_len: int = 32, batch_size: int = 16, embed_dim: int = 16, hidden: int = 64
-) -> Task:
-    """A small character LSTM on the bundled 200k-character Shakespeare excerpt (offline)."""
-    tokens, vocab = load_shakespeare_excerpt()
-    return char_lm_task(
-        "shakespeare_tiny_lm",
+        name,
         split_stream(tokens, 0.05, 0.05),
         len(vocab),
         seq_len=seq_len,

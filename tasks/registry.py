@@ -8,7 +8,7 @@ from collections.abc import Callable
 from tasks import synthetic
 from tasks.base import Task
 from tasks.classification import cnn_classifier, mlp_classifier
-from tasks.language import shakespeare_char_lm, shakespeare_excerpt_char_lm
+from tasks.language import shakespeare_char_lm
 
 
 class UnknownNameError(ValueError):
@@ -89,12 +89,14 @@ def cifar10_grey8_mlp(hidden=(64,), activation="relu", batch_size=128) -> Task:
 
 def shakespeare_lm(seq_len=64, batch_size=32, embed_dim=32, hidden=128) -> Task:
     """Tiny-Shakespeare characters, LSTM language model (128 units)."""
-    return shakespeare_char_lm(seq_len, batch_size, embed_dim, hidden)
+    return shakespeare_char_lm("shakespeare_lm", "full", seq_len, batch_size, embed_dim, hidden)
 
 
 def shakespeare_tiny_lm(seq_len=32, batch_size=16, embed_dim=16, hidden=64) -> Task:
     """Bundled 200k-character Shakespeare excerpt, small LSTM language model (offline)."""
-    return shakespeare_excerpt_char_lm(seq_len, batch_size, embed_dim, hidden)
+    return shakespeare_char_lm(
+        "shakespeare_tiny_lm", "excerpt", seq_len, batch_size, embed_dim, hidden
+    )
 
 
 def quadratic_k100(dim=20, seed=0) -> Task:
