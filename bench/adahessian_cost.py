@@ -1,6 +1,6 @@
 """Cost of an AdaHessian step relative to an Adam step on the MNIST MLP (target: at most 3x).
 
-Run: L2O_DATA_DIR=/work/shared/data python bench/adahessian_cost.py [--steps 200] [--repeats 10]
+Run from the repository root: python -m bench.adahessian_cost [--steps 200] [--repeats 10]
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Overhead of `tasks.train` against a minimal hand-written `lax.scan` loop, and vmap throughput.
 
-Run from the repository root: python -m bench.inner_loop            (MNIST from $L2O_DATA_DIR, or the shared data folder)
+Run from the repository root: python -m bench.inner_loop  (MNIST from $L2O_DATA_DIR)
 
 1. 1,000 Adam steps of an MLP 784-128-10 on MNIST, batch 128: `tasks.train` vs a hand-written
    scan of the same model, data, sampling and optimizer, in the same process; prints the ratio.

@@ -1,6 +1,6 @@
 """Per-step cost of each learned optimizer against Adam on an MLP 784-128-128-10, batch 128.
 
-Run from the repository root: python -m bench.learned_step            (MNIST from $L2O_DATA_DIR, or the shared data folder)
+Run from the repository root: python -m bench.learned_step  (MNIST from $L2O_DATA_DIR)
 
 Each optimizer trains `mnist_mlp(hidden=(128, 128))` for 200 steps inside one jitted `tasks.train`
 (the task and theta are jit arguments, as in meta-training); after compiling, the runs of all
