@@ -1,51 +1,48 @@
 """Programs evaluated per second: a whole encoded population in one call vs one program at a time.
 
-Run: python bench/search.py [--task logreg|digits] [--steps 100] [--sizes 256 1024]
-(this file drops its own folder from `sys.path`, where its name would shadow the `search` package;
-other bench scripts importing `search` need `python -P` while this file exists).
+Run from the repository root: python -m bench.search [--task logreg|digits] [--sizes 256 1024]
 
 The proxy task is `logistic_regression(dim=159, batch_size=64)` (159 weights + 1 bias = 160
 parameters) or `digits_mlp(hidden=(2,))` (64*2+2+2*10+10 = 160 parameters); each run is
 `tasks.train` for `--steps` steps, then the final train and valid losses, 1 learning rate x 1
-seed per program.
+seed per program. Times are the faster of two calls on new populations of the same shape (no
+recompilation); "per cpu-s" divides by this process's CPU time instead of wall time, which is
+steadier on a shared machine.
 
-1. Vectorized: `search.interpreter.population_losses` on populations of P programs of three kinds,
-   each measured on a second population of the same shape (compiled once, reused):
+1. Vectorized: `search.interpreter.population_losses` on populations of P programs of three kinds:
    * warm starts: the six library programs, repeated;
    * mutants: warm starts after 1-3 random edits (insert / replace op / change constant / delete),
      as an evolutionary search makes them;
-   * random: chains of 12 random ops (each reading the one before), so nearly every op occurs
-     at every slot.
-   The body dispatch runs only the ops present at a slot when there are at most
-   `LOOP_MAX_OPS` of them, else all ops and a select; the table shows both pure strategies too.
-2. One at a time: each program as its own `program_transform`, jitted `tasks.train`: what a naive
-   search does (compilation included), and its run time alone once compiled.
+   * random: chains of 12 random ops (each reading the one before), so nearly every op occurs at
+     every slot.
+   Default: tiles of 128 sorted programs, and per slot a loop over the ops present when at most
+   `LOOP_MAX_OPS` differ, else all ops and a select. At the largest P also: always select
+   ("select all"), always loop ("loop only"), and one tile for the whole population.
+2. One at a time: each program as its own `program_transform` in a jitted `tasks.train`, what a
+   naive search does (compilation included; also its run time alone once compiled), and each
+   program through one `encoded_transform` compiled once (no population vmap).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
-from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+import jax
+import numpy as np
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
-from search import interpreter  # noqa: E402
-from search.encoding import encode_population, encoded_length  # noqa: E402
-from search.interpreter import population_losses, program_transform, slot_ops  # noqa: E402
-from search.ops import OPS  # noqa: E402
-from search.program import NUM_FIXED, Instruction, Program  # noqa: E402
-from search.programs_library import PROGRAMS, get_program  # noqa: E402
-from tasks import get_task, num_params, train  # noqa: E402
+from search import interpreter
+from search.encoding import encode, encode_population, encoded_length
+from search.interpreter import encoded_transform, population_losses, program_transform, slot_ops
+from search.ops import OPS
+from search.program import NUM_FIXED, Instruction, Program
+from search.programs_library import PROGRAMS, get_program
+from tasks import get_task, num_params, train
 
 MAX_LEN = 16
 NUM_STATE = 2
+TILE = 128
 
 
 def random_edit(program: Program, rng: np.random.Generator) -> Program:
@@ -119,25 +116,38 @@ def random_chain(length: int, rng: np.random.Generator) -> Program:
 
 
 def timed(fn):
-    t0 = time.perf_counter()
+    """(result, wall seconds, CPU seconds of this process) of `fn()`."""
+    t0, c0 = time.perf_counter(), time.process_time()
     out = jax.block_until_ready(fn())
-    return out, time.perf_counter() - t0
+    return out, time.perf_counter() - t0, time.process_time() - c0
 
 
-def vectorized(task, kind: str, size: int, steps: int, rng, loop_max_ops: int | None = None):
-    """(compile+run seconds of the first call, best run seconds over two new populations,
-    mean distinct ops per body slot)."""
-    if loop_max_ops is not None:
-        interpreter.LOOP_MAX_OPS = loop_max_ops
-        jax.clear_caches()
+def vectorized(task, kind: str, size: int, steps: int, rng, loop_max_ops: int, tile: int):
+    """(compile+run seconds of the first call, (wall, CPU) seconds of the faster of two calls on
+    new populations of the same shape, mean distinct ops per body slot)."""
+    interpreter.LOOP_MAX_OPS = loop_max_ops
+    jax.clear_caches()
     lrs, seeds = np.array([0.01], np.float32), np.array([0])
     pops = [encode_population(population(kind, size, rng), MAX_LEN, NUM_STATE) for _ in range(3)]
-    _, first = timed(lambda: population_losses(task, pops[0], lrs, seeds, steps))
-    best = min(
-        timed(lambda p=p: population_losses(task, p, lrs, seeds, steps))[1] for p in pops[1:]
-    )
+
+    def call(pop):
+        return population_losses(task, pop, lrs, seeds, steps, tile=tile)
+
+    first = timed(lambda: call(pops[0]))[1]
+    runs = [timed(lambda p=p: call(p))[1:] for p in pops[1:]]
     distinct = float(np.mean(np.asarray(slot_ops(pops[1].body_ops).counts)))
-    return first, best, distinct
+    return first, min(runs), distinct
+
+
+def run_fn(task, steps: int, make_optimizer):
+    """`(arg, lr, seed) -> final valid loss` of `tasks.train` with `make_optimizer(arg, lr)`."""
+
+    def run(arg, lr, seed):
+        evaluate = {"eval_every": steps, "eval_splits": ("train", "valid")}
+        metrics = train(task, make_optimizer(arg, lr), steps, jax.random.key(seed), **evaluate)[1]
+        return metrics["valid_loss"][-1]
+
+    return run
 
 
 def one_at_a_time(task, programs: list[Program], steps: int):
@@ -145,18 +155,21 @@ def one_at_a_time(task, programs: list[Program], steps: int):
     total = runs = 0.0
     for program in programs:
         t0 = time.perf_counter()
-
-        @jax.jit
-        def run(lr, seed, program=program):
-            optimizer = program_transform(program, lr)
-            metrics = train(task, optimizer, steps, jax.random.key(seed), eval_every=steps,
-                            eval_splits=("train", "valid"))[1]  # fmt: skip
-            return metrics["valid_loss"][-1]
-
-        jax.block_until_ready(run(0.01, 0))
+        run = jax.jit(
+            run_fn(task, steps, lambda p, lr, program=program: program_transform(program, lr))
+        )
+        jax.block_until_ready(run(None, 0.01, 0))
         total += time.perf_counter() - t0
-        runs += timed(lambda run=run: run(0.01, 1))[1]
+        runs += timed(lambda run=run: run(None, 0.01, 1))[1]
     return total, runs
+
+
+def one_at_a_time_encoded(task, programs: list[Program], steps: int) -> float:
+    """Seconds for the programs run singly through one compiled `encoded_transform`."""
+    run = jax.jit(run_fn(task, steps, encoded_transform))
+    encoded = [encode(p, MAX_LEN, NUM_STATE) for p in programs]
+    jax.block_until_ready(run(encoded[0], 0.01, 0))  # compile
+    return timed(lambda: [run(e, 0.01, 0) for e in encoded])[1]
 
 
 def main() -> None:
@@ -175,29 +188,36 @@ def main() -> None:
     default = interpreter.LOOP_MAX_OPS
     print(f"jax {jax.__version__}, {os.cpu_count()} cpus; {task.name}, {n} parameters, "
           f"{args.steps} steps, max_len {MAX_LEN}, 1 lr x 1 seed per program")  # fmt: skip
-    print(f"{'population':12s} {'P':>5s} {'ops/slot':>8s} {'dispatch':>10s} {'compile+run':>11s} "
-          f"{'run':>7s} {'programs/s':>10s}")  # fmt: skip
-    rates = {}
+    print(f"{'population':12s} {'P':>5s} {'ops/slot':>8s} {'variant':>10s} {'compile+run':>11s} "
+          f"{'run':>7s} {'programs/s':>10s} {'per cpu-s':>9s}")  # fmt: skip
+    rates, largest = {}, max(args.sizes)
     for kind in ("warm starts", "mutants", "random"):
         for size in args.sizes:
-            modes = [("hybrid", default)]
-            if size == max(args.sizes):
-                modes += [("select all", 0), ("loop only", 10**6)]
-            for mode, loop_max in modes:
-                first, best, distinct = vectorized(task, kind, size, args.steps, rng, loop_max)
-                rates[kind, size, mode] = size / best
+            modes = [("default", default, TILE)]
+            if size == largest:
+                modes += [("select all", 0, TILE), ("loop only", 10**6, TILE)]
+                modes += [("one tile", default, size)]
+            for mode, loop_max, tile in modes:
+                first, (wall, cpu), distinct = vectorized(
+                    task, kind, size, args.steps, rng, loop_max, tile
+                )
+                rates[kind, size, mode] = size / wall
                 print(f"{kind:12s} {size:5d} {distinct:8.1f} {mode:>10s} {first:10.2f}s "
-                      f"{best:6.3f}s {size / best:10.0f}")  # fmt: skip
+                      f"{wall:6.3f}s {size / wall:10.0f} {size / cpu:9.0f}")  # fmt: skip
     interpreter.LOOP_MAX_OPS = default
     programs = population("mutants", args.one_at_a_time, rng)
     total, runs = one_at_a_time(task, programs, args.steps)
     single = len(programs) / total
-    print(f"one at a time, {len(programs)} mutants: {total:.1f} s with compilation -> "
-          f"{single:.2f} programs/s; runs alone {len(programs) / runs:.0f} programs/s")  # fmt: skip
-    size = max(args.sizes)
+    print(f"one at a time, {len(programs)} mutants, one program_transform each: {total:.1f} s "
+          f"with compilation -> {single:.2f} programs/s (runs alone: "
+          f"{len(programs) / runs:.0f} programs/s)")  # fmt: skip
+    programs = population("mutants", 64, rng)
+    seconds = one_at_a_time_encoded(task, programs, args.steps)
+    print(f"one at a time, 64 mutants through one compiled encoded_transform: "
+          f"{len(programs) / seconds:.0f} programs/s")  # fmt: skip
     for kind in ("warm starts", "mutants", "random"):
-        rate = rates[kind, size, "hybrid"]
-        print(f"speed-up of one vectorized call ({kind}, P={size}) over one at a time: "
+        rate = rates[kind, largest, "default"]
+        print(f"vectorized ({kind}, P={largest}) over one program_transform each: "
               f"{rate / single:.0f}x")  # fmt: skip
 
 

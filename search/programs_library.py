@@ -1,0 +1,116 @@
+"""Hand-written optimizers as programs: the warm starts of a search (Chen et al. 2023, "Symbolic
+Discovery of Optimization Algorithms", start their search from AdamW).
+
+Each factory returns a `Program` equal to the optax optimizer of the same name (the tests compare
+them); the learning rate is the program's input `lr`, the hyperparameters are constants. An EMA
+`b m + (1 - b) g` is written `interp_c(m, g; 1 - b)`: constants are float32, and storing the
+small rate `1 - b` keeps both weights as exact as optax's (float32 `b = 0.999` is off by 1e-8,
+which is 1e-5 of `1 - b`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from search.program import LR, NUM_FIXED, G, Instruction, Program, T, W
+
+S1, S2 = NUM_FIXED, NUM_FIXED + 1
+# Scratch registers for programs with one and with two state slots.
+R1, R2, R3, R4 = range(NUM_FIXED + 2, NUM_FIXED + 6)
+
+
+def _rate(beta: float) -> float:
+    """`1 - beta` without the double rounding noise (`1 - 0.9 = 0.09999999999999998`)."""
+    return round(1 - beta, 15)
+
+
+def _i(op: str, out: int, *args: int, c: float = 0.0) -> Instruction:
+    return Instruction(op, out, args, c)
+
+
+def sgd() -> Program:
+    """`u = lr g`."""
+    return Program((_i("mul", R1, LR, G),), update=R1)
+
+
+def momentum(beta: float = 0.9) -> Program:
+    """Heavy ball as optax's `sgd(momentum=beta)`: `s1 = g + beta s1`, `u = lr s1`."""
+    return Program(
+        (_i("scale_c", R1, S1, c=beta), _i("add", S1, G, R1), _i("mul", R1, LR, S1)),
+        update=R1,
+        new_state=(S1,),
+    )
+
+
+def signsgd() -> Program:
+    """`u = lr sign(g)`."""
+    return Program((_i("sign", R1, G), _i("mul", R1, LR, R1)), update=R1)
+
+
+def _adam_direction(b1: float, b2: float, eps: float) -> tuple[Instruction, ...]:
+    """Adam's `m_hat / (sqrt(v_hat) + eps)` into R1, updating s1 = m and s2 = v."""
+    return (
+        _i("interp_c", S1, S1, G, c=_rate(b1)),  # m = b1 m + (1 - b1) g
+        _i("square", R1, G),
+        _i("interp_c", S2, S2, R1, c=_rate(b2)),  # v = b2 v + (1 - b2) g^2
+        _i("const", R2, c=b1),
+        _i("power", R2, R2, T),
+        _i("one_minus", R2, R2),  # 1 - b1^t
+        _i("div", R1, S1, R2),  # m_hat
+        _i("const", R3, c=b2),
+        _i("power", R3, R3, T),
+        _i("one_minus", R3, R3),  # 1 - b2^t
+        _i("div", R4, S2, R3),  # v_hat
+        _i("sqrt_abs", R4, R4),
+        _i("add_c", R4, R4, c=eps),
+        _i("div", R1, R1, R4),
+    )
+
+
+def adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Program:
+    """Adam with bias correction: `u = lr m_hat / (sqrt(v_hat) + eps)`."""
+    body = (*_adam_direction(b1, b2, eps), _i("mul", R1, LR, R1))
+    return Program(body, update=R1, new_state=(S1, S2))
+
+
+def adamw(
+    b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, weight_decay: float = 1e-4
+) -> Program:
+    """AdamW: `u = lr (m_hat / (sqrt(v_hat) + eps) + weight_decay w)` (optax's default decay)."""
+    body = (
+        *_adam_direction(b1, b2, eps),
+        _i("scale_c", R2, W, c=weight_decay),
+        _i("add", R1, R1, R2),
+        _i("mul", R1, LR, R1),
+    )
+    return Program(body, update=R1, new_state=(S1, S2))
+
+
+def lion(b1: float = 0.9, b2: float = 0.99, weight_decay: float = 1e-3) -> Program:
+    """Lion: `u = lr (sign((1 - b1) g + b1 m) + weight_decay w)`, `m = (1 - b2) g + b2 m`."""
+    body = (
+        _i("interp_c", R1, S1, G, c=_rate(b1)),
+        _i("sign", R1, R1),
+        _i("scale_c", R2, W, c=weight_decay),
+        _i("add", R1, R1, R2),
+        _i("interp_c", S1, S1, G, c=_rate(b2)),
+        _i("mul", R1, LR, R1),
+    )
+    return Program(body, update=R1, new_state=(S1,))
+
+
+PROGRAMS: dict[str, Callable[..., Program]] = {
+    "sgd": sgd,
+    "momentum": momentum,
+    "signsgd": signsgd,
+    "adam": adam,
+    "adamw": adamw,
+    "lion": lion,
+}
+
+
+def get_program(name: str, **hparams) -> Program:
+    """The warm-start program `name` with keyword `hparams`; unknown names list the valid ones."""
+    if name not in PROGRAMS:
+        raise ValueError(f"unknown program {name!r}; valid programs: {', '.join(PROGRAMS)}")
+    return PROGRAMS[name](**hparams)

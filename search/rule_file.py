@@ -1,0 +1,191 @@
+"""Rule files: a discovered update rule as checked JSON data, never code (Chen et al. 2023,
+"Symbolic Discovery of Optimization Algorithms", ship their rule as a program).
+
+A rule file is `{"format": "l2o-rule", "version": 1, "program": Program.to_json(), "metadata":
+{...}}`. Reading one parses JSON only and checks it against the op table and the limits below;
+every failure is a ValueError whose one-line message names the file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tempfile
+from typing import Any
+
+import optax
+
+from search.program import Program
+
+FORMAT = "l2o-rule"
+VERSION = 1
+MAX_FILE_BYTES = 64 * 1024
+MAX_DEPTH = 8
+MAX_STRING = 256
+MAX_METADATA_ITEMS = 256
+DEFAULT_LEARNING_RATE = 1e-3
+TOP_KEYS = ("format", "version", "program", "metadata")
+_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,63}")
+_CODE = re.compile(
+    r"__\w+__|\b(import|lambda|eval|exec|compile|getattr|globals|subprocess)\b|\bos\.|[`\n\r]|\$\(",
+)
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"non-finite number {name}")
+
+
+def _no_duplicates(pairs):
+    keys = [k for k, _ in pairs]
+    if len(keys) != len(set(keys)):
+        raise ValueError(f"duplicate keys {sorted({k for k in keys if keys.count(k) > 1})}")
+    return dict(pairs)
+
+
+def _max_depth(text: str) -> int:
+    """Deepest nesting of JSON arrays and objects, strings skipped (checked before parsing)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
+def check_metadata(metadata: Any, depth: int = 0) -> None:
+    """Raise ValueError unless `metadata` is small plain JSON: identifier keys, finite numbers,
+    short strings that do not look like code."""
+    if depth > MAX_DEPTH:
+        raise ValueError(f"metadata nested deeper than {MAX_DEPTH}")
+    if isinstance(metadata, dict):
+        items = metadata.items()
+        for key in metadata:
+            if not isinstance(key, str) or not _KEY.fullmatch(key):
+                raise ValueError(f"metadata key {key!r} is not a plain name")
+    elif isinstance(metadata, list):
+        items = enumerate(metadata)
+    elif isinstance(metadata, str):
+        if len(metadata) > MAX_STRING:
+            raise ValueError(f"metadata string longer than {MAX_STRING} characters")
+        if _CODE.search(metadata):
+            raise ValueError(f"metadata string {metadata[:40]!r} looks like code")
+        return
+    elif isinstance(metadata, bool) or metadata is None:
+        return
+    elif isinstance(metadata, int | float):
+        if not math.isfinite(metadata):
+            raise ValueError(f"metadata number {metadata!r} is not finite")
+        return
+    else:
+        raise ValueError(f"metadata value of type {type(metadata).__name__} is not plain JSON")
+    if len(metadata) > MAX_METADATA_ITEMS:
+        raise ValueError(f"metadata container with more than {MAX_METADATA_ITEMS} items")
+    for _, value in items:
+        check_metadata(value, depth + 1)
+
+
+def _parse(text: str) -> tuple[Program, dict[str, Any]]:
+    if _max_depth(text) > MAX_DEPTH:
+        raise ValueError(f"JSON nested deeper than {MAX_DEPTH}")
+    try:
+        data = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_no_duplicates)
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise ValueError(f"not valid JSON ({type(e).__name__}: {e})") from None
+    if not isinstance(data, dict):
+        raise ValueError("top level must be a JSON object")
+    unknown = sorted(set(data) - set(TOP_KEYS))
+    if unknown or "program" not in data:
+        raise ValueError(f"keys must be {list(TOP_KEYS)} ('metadata' optional); got {sorted(data)}")
+    if data.get("format") != FORMAT or data.get("version") != VERSION:
+        raise ValueError(f"format must be {FORMAT!r} version {VERSION}")
+    metadata = data.get("metadata", {})
+    if not isinstance(metadata, dict):
+        raise ValueError("metadata must be a JSON object")
+    check_metadata(metadata)
+    return Program.from_json(data["program"]), metadata
+
+
+def read_rule(path: str | os.PathLike) -> tuple[Program, dict[str, Any]]:
+    """`(program, metadata)` of a rule file, fully checked; never executes anything."""
+    try:
+        size = os.path.getsize(path)
+        if size > MAX_FILE_BYTES:
+            raise ValueError(f"file is {size} bytes; at most {MAX_FILE_BYTES}")
+        with open(path, "rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
+        if len(raw) > MAX_FILE_BYTES:
+            raise ValueError(f"file is larger than {MAX_FILE_BYTES} bytes")
+        return _parse(raw.decode("utf-8"))
+    except (ValueError, OSError, UnicodeDecodeError) as e:
+        message = " ".join(str(e).split())
+        raise ValueError(f"rule file {os.fspath(path)!r}: {message}") from None
+
+
+def load_program(path: str | os.PathLike) -> Program:
+    """The program of a rule file (see `read_rule`)."""
+    return read_rule(path)[0]
+
+
+def load_rule(
+    path: str | os.PathLike, learning_rate: optax.ScalarOrSchedule | None = None
+) -> optax.GradientTransformationExtraArgs:
+    """A rule file as an optax transform.
+
+    Args:
+      path: the rule file.
+      learning_rate: the program's `lr`; by default the metadata's `learning_rate`, else 1e-3.
+
+    Returns:
+      `search.interpreter.program_transform` of the file's program.
+    """
+    # The interpreter imports `tasks` (for population runs); importing it here, on use, keeps
+    # `import search` light.
+    from search.interpreter import program_transform
+
+    program, metadata = read_rule(path)
+    if learning_rate is None:
+        learning_rate = metadata.get("learning_rate", DEFAULT_LEARNING_RATE)
+        if isinstance(learning_rate, bool) or not isinstance(learning_rate, int | float):
+            raise ValueError(f"rule file {os.fspath(path)!r}: learning_rate must be a number")
+    return program_transform(program, learning_rate)
+
+
+def save_rule(
+    path: str | os.PathLike, program: Program, metadata: dict[str, Any] | None = None
+) -> None:
+    """Write `program` and `metadata` as a rule file, atomically (temporary file, `os.replace`)."""
+    metadata = {} if metadata is None else metadata
+    if not isinstance(metadata, dict):
+        raise ValueError("metadata must be a dict")
+    check_metadata(metadata)
+    document = {"format": FORMAT, "version": VERSION, "program": program.to_json(),
+                "metadata": metadata}  # fmt: skip
+    text = json.dumps(document, indent=1, allow_nan=False) + "\n"
+    if len(text.encode()) > MAX_FILE_BYTES:
+        raise ValueError(f"rule file would exceed {MAX_FILE_BYTES} bytes")
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".rule-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise

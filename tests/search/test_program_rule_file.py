@@ -1,0 +1,130 @@
+"""Rule files: exact round trips, atomic writes, and hostile files rejected with one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import search
+from search.interpreter import program_transform
+from search.programs_library import PROGRAMS, get_program
+from search.rule_file import MAX_FILE_BYTES, load_program, load_rule, read_rule, save_rule
+
+
+def rule_document(**program_changes) -> dict:
+    """A valid rule file's JSON (Lion), with some program fields replaced."""
+    program = {**get_program("lion").to_json(), **program_changes}
+    return {"format": "l2o-rule", "version": 1, "program": program, "metadata": {"task": "x"}}
+
+
+def write(path, content) -> str:
+    if isinstance(content, dict):
+        content = json.dumps(content)
+    mode = "wb" if isinstance(content, bytes) else "w"
+    with open(path, mode) as f:
+        f.write(content)
+    return str(path)
+
+
+def test_round_trip_of_every_warm_start(tmp_path):
+    for name in PROGRAMS:
+        path = tmp_path / f"{name}.json"
+        save_rule(path, get_program(name), {"name": name, "learning_rate": 0.01, "seeds": [0, 1]})
+        program, metadata = read_rule(path)
+        assert program == get_program(name)
+        assert metadata == {"name": name, "learning_rate": 0.01, "seeds": [0, 1]}
+        assert load_program(path) == program
+    assert sorted(os.listdir(tmp_path)) == sorted(f"{n}.json" for n in PROGRAMS)  # no temp files
+
+
+def test_load_rule_is_the_programs_transform(tmp_path):
+    path = tmp_path / "adam.json"
+    save_rule(path, get_program("adam"), {"learning_rate": 0.1})
+    assert search.load_rule is load_rule
+    params = {"x": jnp.array([1.0, -2.0])}
+    grads = {"x": jnp.array([0.5, 0.25])}
+    for transform, lr in ((load_rule(path), 0.1), (load_rule(path, learning_rate=0.2), 0.2)):
+        want = program_transform(get_program("adam"), lr)
+        got = transform.update(grads, transform.init(params), params)[0]["x"]
+        np.testing.assert_allclose(got, want.update(grads, want.init(params), params)[0]["x"])
+
+
+def test_save_replaces_atomically(tmp_path):
+    path = tmp_path / "rule.json"
+    save_rule(path, get_program("sgd"))
+    save_rule(path, get_program("lion"))
+    assert load_program(path) == get_program("lion")
+    with pytest.raises(ValueError, match="looks like code"):
+        save_rule(path, get_program("sgd"), {"note": "__import__('os')"})
+    assert load_program(path) == get_program("lion")  # the failed save left the file alone
+    assert os.listdir(tmp_path) == ["rule.json"]
+
+
+def _nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+HOSTILE = {
+    "code string as op": rule_document(
+        instructions=[{"op": "__import__('os').system('true')", "out": 10, "args": [1]}]
+    ),
+    "code string as constant": rule_document(
+        instructions=[{"op": "scale_c", "out": 10, "args": [1], "const": "0.1; import os"}]
+    ),
+    "code string in metadata": {**rule_document(), "metadata": {"hook": "lambda: os.system('x')"}},
+    "code in an unknown field": {**rule_document(), "exec": "print('owned')"},
+    "unknown program field": rule_document(on_load="os.remove('x')"),
+    "unknown op": rule_document(instructions=[{"op": "adam_step", "out": 10, "args": [1]}]),
+    "wrong arity": rule_document(instructions=[{"op": "add", "out": 10, "args": [1]}]),
+    "wrong kinds": rule_document(instructions=[{"op": "scale", "out": 10, "args": [1, 1]}]),
+    "read before write": rule_document(
+        instructions=[
+            {"op": "add", "out": 10, "args": [1, 11]},
+            {"op": "copy", "out": 11, "args": [10]},
+        ],
+        update=11,
+    ),
+    "missing outputs": {**rule_document(), "program": {
+        k: v for k, v in get_program("lion").to_json().items() if k != "update"}},
+    "output never written": rule_document(update=20),
+    "too many instructions": rule_document(
+        instructions=[{"op": "neg", "out": 10, "args": [1]}] * 65, update=10, new_state=[]
+    ),
+    "huge register file": rule_document(num_registers=10**9),
+    "huge register number": rule_document(update=10**40),
+    "NaN constant": '{"format": "l2o-rule", "version": 1, "program": {"instructions": '
+    '[{"op": "scale_c", "out": 10, "args": [1], "const": NaN}], "update": 10, '
+    '"new_state": [], "num_registers": 24}}',
+    "overflowing constant": rule_document(
+        instructions=[{"op": "scale_c", "out": 10, "args": [1], "const": 1e39}], update=10,
+        new_state=[],
+    ),
+    "deeply nested JSON": '{"format": "l2o-rule", "version": 1, "program": ' + _nested(30_000),
+    "deeply nested metadata": {**rule_document(), "metadata": {"a": json.loads(_nested(12))}},
+    "duplicate keys": '{"format": "l2o-rule", "format": "l2o-rule", "version": 1}',
+    "huge file": " " * (MAX_FILE_BYTES + 1) + "{}",
+    "not UTF-8": b"\xff\xfe{}",
+    "not JSON": "format = 'l2o-rule'",
+    "wrong format": {**rule_document(), "format": "pickle"},
+    "top-level list": "[1, 2, 3]",
+    "boolean register": rule_document(update=True),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_rule_files_are_rejected(tmp_path, case):
+    path = write(tmp_path / "rule.json", HOSTILE[case])
+    with pytest.raises(ValueError) as info:
+        load_program(path)
+    message = str(info.value)
+    assert message.startswith(f"rule file {path!r}: ") and "\n" not in message
+    assert len(message) < 1000  # hostile strings are not echoed whole
+
+
+def test_missing_file_is_a_value_error(tmp_path):
+    with pytest.raises(ValueError, match="rule file .*missing.json"):
+        load_rule(tmp_path / "missing.json")
