@@ -92,7 +92,7 @@ def test_evaluate_command_writes_a_report_that_report_rerenders(tmp_path, capsys
 
 
 BAD_CONFIGS = {
-    "tasks: [digits_mlp\n": "not valid YAML",
+    "tasks: [digits_mlp\n": "malformed YAML",
     "tasks: [digits_mlp]\noptimizers: [adamm]\n": "unknown optimizer 'adamm'",
     "tasks: [digits_mlp]\noptimizers: [adam]\nstepz: 5\n": "unknown key(s) stepz",
     "tasks: [nope]\noptimizers: [adam]\n": "unknown task 'nope'",
