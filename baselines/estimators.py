@@ -8,15 +8,15 @@ optimizer: `tasks.train(task, optimizer, num_steps, key, grad_fn=dfa())`.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from tasks import UnknownNameError, backprop
+from tasks import backprop
 from tasks.base import Params, Task
+from tasks.registry import build_registered
 from tasks.train import GradFn
 
 
@@ -169,15 +169,4 @@ def list_estimators() -> list[str]:
 
 def get_estimator(name: str, **kwargs) -> GradFn:
     """The grad_fn of estimator `name` built with keyword `kwargs` (e.g. `num_tangents=4`)."""
-    if name not in ESTIMATORS:
-        raise UnknownNameError(
-            f"unknown gradient estimator {name!r}; valid estimators: {', '.join(list_estimators())}"
-        )
-    allowed = inspect.signature(ESTIMATORS[name]).parameters
-    unknown = sorted(set(kwargs) - set(allowed))
-    if unknown:
-        raise UnknownNameError(
-            f"gradient estimator {name!r} takes no argument {', '.join(map(repr, unknown))}; "
-            f"valid: {', '.join(allowed) or 'none'}"
-        )
-    return ESTIMATORS[name](**kwargs)
+    return build_registered(ESTIMATORS, name, "gradient estimator", "estimators", **kwargs)

@@ -8,7 +8,6 @@ of any optax optimizer. The formulas follow the seed lectures 000 and 001.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -16,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from tasks import UnknownNameError
+from tasks.registry import build_registered
 
 Scalar = float | jax.Array
 
@@ -236,15 +235,4 @@ def get_schedule(name: str, **kwargs) -> optax.Schedule:
 
     Wrap the result in `warmup(...)` for a linear warm-up.
     """
-    if name not in SCHEDULES:
-        raise UnknownNameError(
-            f"unknown schedule {name!r}; valid schedules: {', '.join(list_schedules())}"
-        )
-    allowed = inspect.signature(SCHEDULES[name]).parameters
-    unknown = sorted(set(kwargs) - set(allowed))
-    if unknown:
-        raise UnknownNameError(
-            f"schedule {name!r} takes no argument {', '.join(map(repr, unknown))}; "
-            f"valid: {', '.join(allowed)}"
-        )
-    return SCHEDULES[name](**kwargs)
+    return build_registered(SCHEDULES, name, "schedule", "schedules", **kwargs)

@@ -9,7 +9,7 @@ import jax
 from tasks import synthetic
 from tasks.base import TaskFamily
 from tasks.classification import OFFLINE_DATASETS, mlp_classifier
-from tasks.registry import UnknownNameError
+from tasks.registry import build_registered
 
 
 def _choice(key: jax.Array, options: Sequence):
@@ -82,8 +82,4 @@ def list_families() -> list[str]:
 
 def get_family(name: str, **options) -> TaskFamily:
     """The task family `name`, built with keyword `options`."""
-    if name not in FAMILIES:
-        raise UnknownNameError(
-            f"unknown task family {name!r}; valid families: {', '.join(list_families())}"
-        )
-    return FAMILIES[name](**options)
+    return build_registered(FAMILIES, name, "task family", "families", **options)

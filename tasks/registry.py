@@ -166,6 +166,21 @@ OFFLINE_TASKS = (
 )
 
 
+def build_registered(table: dict[str, Callable], name: str, what: str, plural: str, **kwargs):
+    """`table[name](**kwargs)`; UnknownNameError listing the valid names or arguments."""
+    if name not in table:
+        valid = ", ".join(sorted(table))
+        raise UnknownNameError(f"unknown {what} {name!r}; valid {plural}: {valid}")
+    allowed = inspect.signature(table[name]).parameters
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        raise UnknownNameError(
+            f"{what} {name!r} takes no argument {', '.join(map(repr, unknown))}; "
+            f"valid: {', '.join(allowed) or 'none'}"
+        )
+    return table[name](**kwargs)
+
+
 def list_tasks() -> list[str]:
     """Names of all registered tasks."""
     return sorted(TASKS)
