@@ -22,18 +22,29 @@ from tasks import get_task, train
 HELDOUT_SEED = 10_000
 
 
-def heldout_evaluation(tasks, transform, theta, horizon: int, seeds: int = 2) -> dict[str, float]:
-    """Final train/test loss of whole inner runs on held-out seeds, per meta-training task."""
-    out = {}
-    for name, task in tasks.items():
-        keys = jax.random.split(jax.random.key(HELDOUT_SEED), seeds)
-        run = jax.jit(jax.vmap(lambda t, k: train(t, transform(theta), horizon, k,
-                                                   eval_every=horizon)[1], (None, 0)))  # fmt: skip
-        metrics = jax.device_get(run(task, keys))
-        out[f"heldout/{name}/final_train_loss"] = float(np.mean(metrics["train_loss"][:, -1]))
-        if "test_loss" in metrics:
-            out[f"heldout/{name}/test_loss"] = float(np.mean(metrics["test_loss"][:, -1]))
-    return out
+def make_heldout_evaluation(tasks, transform, horizon: int, seeds: int = 2):
+    """`evaluate(theta) -> {name: value}`: final train/test loss of whole inner runs on held-out
+    seeds, per meta-training task (each task's run compiled once, theta an argument)."""
+    keys = jax.random.split(jax.random.key(HELDOUT_SEED), seeds)
+
+    def runs(task, theta):
+        def one(key):
+            return train(task, transform(theta), horizon, key, eval_every=horizon)[1]
+
+        return jax.vmap(one)(keys)
+
+    compiled = jax.jit(runs)
+
+    def evaluate(theta) -> dict[str, float]:
+        out = {}
+        for name, task in tasks.items():
+            metrics = jax.device_get(compiled(task, theta))
+            out[f"heldout/{name}/final_train_loss"] = float(np.mean(metrics["train_loss"][:, -1]))
+            if "test_loss" in metrics:
+                out[f"heldout/{name}/test_loss"] = float(np.mean(metrics["test_loss"][:, -1]))
+        return out
+
+    return evaluate
 
 
 def _history_scalars(history: list[dict]) -> dict:
@@ -80,6 +91,7 @@ def run_meta_train_command(config_path: Path, out: Path, *, resume: bool, steps:
         for reason in skipped:
             print(f"l2o: skipped a checkpoint: {reason}")
     unsaved: list[dict] = []
+    heldout_evaluation = make_heldout_evaluation(tasks, transform, run.objective.horizon)
 
     def save() -> None:
         step = int(state.step)
@@ -96,7 +108,7 @@ def run_meta_train_command(config_path: Path, out: Path, *, resume: bool, steps:
             step = int(state.step)
             row = {"step": step, **{k: float(v) for k, v in jax.device_get(metrics).items()}}
             if step % run.eval_every == 0 or step == run.outer.steps:
-                row.update(heldout_evaluation(tasks, transform, state.theta, run.objective.horizon))
+                row.update(heldout_evaluation(state.theta))
             history.append(row)
             unsaved.append(row)
             bar.update(job, completed=step,
