@@ -16,9 +16,13 @@ REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "configs" / "meta_tiny.yaml"
 
 
+STEPS = 60  # long enough that the kill lands mid-run
+FINAL = f"ckpt_{STEPS:08d}.npz"
+
+
 def _command(out, *extra):
     return [sys.executable, "-m", "l2o.cli", "meta-train", "--config", str(TINY),
-            "--out", str(out), *extra]  # fmt: skip
+            "--out", str(out), "--steps", str(STEPS), *extra]  # fmt: skip
 
 
 def _arrays(path):
@@ -38,17 +42,17 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
     deadline = time.time() + 300
     while not (killed / "ckpt_00000004.npz").exists() and proc.poll() is None:
         assert time.time() < deadline, "no checkpoint appeared"
-        time.sleep(0.05)
+        time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not (killed / "ckpt_00000008.npz").exists(), "the run finished before the kill"
+    assert not (killed / FINAL).exists(), "the run finished before the kill"
 
     again = subprocess.run(_command(killed), capture_output=True, text=True, env=env, timeout=600)
     assert again.returncode == 2 and "--resume" in again.stderr
     subprocess.run(_command(killed, "--resume"), check=True, capture_output=True, env=env,
                    timeout=600)  # fmt: skip
-    a = _arrays(whole / "ckpt_00000008.npz")
-    b = _arrays(killed / "ckpt_00000008.npz")
+    a = _arrays(whole / FINAL)
+    b = _arrays(killed / FINAL)
     assert a.keys() == b.keys()
     for name in a:
         assert np.array_equal(a[name], b[name]), name
