@@ -11,7 +11,14 @@ from typing import Any
 import yaml
 
 from baselines import list_optimizers
-from l2o.evaluate import OptimizerSpec, Suite, TaskSpec, optimizer_factory
+from l2o.evaluate import (
+    LEARNED_SUFFIX,
+    RULE_SUFFIX,
+    OptimizerSpec,
+    Suite,
+    TaskSpec,
+    optimizer_factory,
+)
 from l2o.io import UserError
 from l2o.meta_gradients import EstimatorConfig
 from l2o.meta_objective import MetaObjective
@@ -87,16 +94,44 @@ def parse_task(entry: Any, where: str) -> TaskSpec:
     return TaskSpec(name, options, str(entry.get("label", "")))
 
 
+def _file_spec(entry: Mapping[str, Any], where: str) -> OptimizerSpec:
+    """The spec of an optimizer file, read and validated now (never executed)."""
+    path = entry["file"]
+    if not isinstance(path, str) or not path.endswith((RULE_SUFFIX, LEARNED_SUFFIX)):
+        raise UserError(f"{where}.file must be a path ending in {RULE_SUFFIX} or {LEARNED_SUFFIX}")
+    tune = entry.get("tune_lr", path.endswith(RULE_SUFFIX))
+    if not isinstance(tune, bool):
+        raise UserError(f"{where}.tune_lr must be true or false, got {tune!r}")
+    if tune and path.endswith(LEARNED_SUFFIX):
+        raise UserError(f"{where}: a meta-trained optimizer has no learning rate to tune")
+    if not Path(path).is_file():
+        raise UserError(f"{where}: no optimizer file {path}")
+    stem = Path(path).name.removesuffix(RULE_SUFFIX).removesuffix(LEARNED_SUFFIX)
+    spec = OptimizerSpec(stem, {}, tune, str(entry.get("label", "")), path)
+    try:
+        optimizer_factory(spec)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{where}: {' '.join(str(e).split())}") from None
+    return spec
+
+
 def parse_optimizer(entry: Any, where: str) -> OptimizerSpec:
-    """An optimizer entry: a baseline name, or {name, hparams, tune_lr, label}."""
+    """An optimizer entry: a baseline name or an optimizer file path (`.json` symbolic rule,
+    `.safetensors` meta-trained optimizer), or {name, hparams, tune_lr, label} / {file, label,
+    tune_lr}."""
     if isinstance(entry, str):
-        entry = {"name": entry}
+        is_file = entry.endswith((RULE_SUFFIX, LEARNED_SUFFIX))
+        entry = {"file": entry} if is_file else {"name": entry}
     entry = _mapping(entry, where)
+    if "file" in entry:
+        check_keys(entry, {"file", "tune_lr", "label"}, where)
+        return _file_spec(entry, where)
     check_keys(entry, {"name", "hparams", "tune_lr", "label"}, where)
     name = entry.get("name")
     if name not in list_optimizers():
         raise UserError(
             f"{where}: unknown optimizer {name!r}; valid optimizers: {', '.join(list_optimizers())}"
+            " (or a .json rule / .safetensors optimizer file)"
         )
     tune = entry.get("tune_lr", True)
     if not isinstance(tune, bool):

@@ -13,6 +13,8 @@ import optax
 
 from baselines import get_optimizer, optimizer_hparams
 from l2o import metrics
+from l2o.optimizer_file import load_optimizer
+from search.rule_file import DEFAULT_LEARNING_RATE, load_rule, read_rule
 from search.sweep import log_grid, population_sweep, select_best
 from tasks import Task, get_task
 
@@ -21,12 +23,16 @@ PROFILE_TAUS = np.logspace(0.0, 1.5, 61)
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerSpec:
-    """A baseline by registry name with fixed hyperparameters; its learning rate tuned or not."""
+    """An optimizer to evaluate, its learning rate tuned or not: a baseline by registry name
+    with fixed hyperparameters, or a file: a symbolic rule (`.json`, `search.load_rule`; its
+    `lr` is tuned like a baseline's) or a meta-trained optimizer (`.safetensors`,
+    `l2o.load_optimizer`; nothing to tune)."""
 
     name: str
     hparams: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     tune_lr: bool = True
     label: str = ""
+    file: str = ""
 
     @property
     def key(self) -> str:
@@ -68,8 +74,22 @@ class Suite:
         return log_grid(self.lr_low, self.lr_high, self.lr_num)
 
 
+RULE_SUFFIX, LEARNED_SUFFIX = ".json", ".safetensors"
+
+
 def optimizer_factory(spec: OptimizerSpec) -> tuple[Callable, float]:
-    """`make(learning_rate) -> optax transform` for a spec, and its untuned learning rate."""
+    """`make(learning_rate) -> optax transform` for a spec, and its untuned learning rate
+    (NaN for a meta-trained optimizer, which has none). Files are read and checked here."""
+    if spec.file.endswith(LEARNED_SUFFIX):
+        learned = load_optimizer(spec.file)
+        return (lambda learning_rate: learned), float("nan")
+    if spec.file.endswith(RULE_SUFFIX):
+        _, metadata = read_rule(spec.file)
+        load_rule(spec.file)  # fail fast on a rule without a usable learning rate
+        default = metadata.get("learning_rate", DEFAULT_LEARNING_RATE)
+        return (lambda learning_rate: load_rule(spec.file, learning_rate)), float(default)
+    if spec.file:
+        raise ValueError(f"{spec.file}: optimizer files end in {RULE_SUFFIX} or {LEARNED_SUFFIX}")
     fixed = {k: v for k, v in spec.hparams.items() if k != "learning_rate"}
     get_optimizer(spec.name, **spec.hparams)  # fail fast on unknown names or hyperparameters
     default_lr = spec.hparams.get("learning_rate", optimizer_hparams(spec.name)["learning_rate"])
@@ -87,7 +107,8 @@ def evaluate_pair(task: Task, spec: OptimizerSpec, suite: Suite) -> dict[str, An
     training curves and evaluations are returned, with the validation loss of every LR.
     """
     make, default_lr = optimizer_factory(spec)
-    lrs = suite.learning_rates() if spec.tune_lr else np.array([default_lr], np.float32)
+    tune = spec.tune_lr and np.isfinite(default_lr)
+    lrs = suite.learning_rates() if tune else np.array([default_lr], np.float32)
     runs = population_sweep(
         task,
         lambda member: make(member["learning_rate"]),

@@ -14,6 +14,7 @@ import optax
 
 from search.objective import penalize_nonfinite
 from tasks import Task, TrainState, init_state, unroll
+from tasks.augment import param_scales, rescale_params
 
 PyTree = Any
 Transform = Callable[[PyTree], optax.GradientTransformationExtraArgs]
@@ -28,13 +29,16 @@ class MetaObjective:
 
     `horizon` is the inner run length after which a run restarts; `truncation` the steps per
     outer step; `log` scores log(loss) - log(initial loss) (per-task normalization), else the
-    loss divided by the initial loss.
+    loss divided by the initial loss. `rescale > 0` augments the tasks: every inner run (and
+    every restart) trains in coordinates rescaled per tensor by `10^u`, `u ~ U(-rescale,
+    rescale)` (`tasks.augment`).
     """
 
     horizon: int = 200
     truncation: int = 50
     objective: str = "mean_train"
     log: bool = True
+    rescale: float = 0.0
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
@@ -43,22 +47,36 @@ class MetaObjective:
             )
         if not 0 < self.truncation <= self.horizon:
             raise ValueError("need 0 < truncation <= horizon")
+        if not 0 <= self.rescale <= 6:
+            raise ValueError(f"rescale (log10 of the largest scale) must be 0..6: {self.rescale}")
 
 
 class InnerRun(NamedTuple):
-    """One persistent inner training run: its state, key, restart count and initial loss."""
+    """One persistent inner training run: its state, key, restart count, initial loss and its
+    parameter scales (`()` without augmentation)."""
 
     train: TrainState
     run_key: jax.Array
     restarts: jax.Array
     init_loss: jax.Array
+    scales: PyTree = ()
 
 
-def _fresh(task: Task, optimizer, key: jax.Array, restarts: jax.Array) -> InnerRun:
+def _task_of(task: Task, run: InnerRun) -> Task:
+    """The task the run trains: `task`, or its rescaled form under augmentation."""
+    return rescale_params(task, run.scales) if run.scales != () else task
+
+
+def _fresh(task: Task, optimizer, key: jax.Array, restarts: jax.Array, rescale: float) -> InnerRun:
     init_key, run_key, loss_key = jax.random.split(jax.random.fold_in(key, restarts), 3)
+    scales = ()
+    if rescale > 0:
+        scale_key = jax.random.fold_in(init_key, 1)
+        scales = param_scales(scale_key, task.init(init_key), rescale)
+        task = rescale_params(task, scales)
     state = init_state(task, optimizer, init_key)
     init_loss = task.evaluate(state.params, loss_key, "train")["loss"]
-    return InnerRun(state, run_key, restarts, init_loss)
+    return InnerRun(state, run_key, restarts, init_loss, scales)
 
 
 def start_run(
@@ -68,7 +86,7 @@ def start_run(
     """A fresh inner run; with `stagger`, its step counter starts at a random truncation boundary
     so that a batch of runs restarts at different outer steps."""
     run_key, stagger_key = jax.random.split(key)
-    run = _fresh(task, transform(theta), run_key, jnp.zeros((), jnp.int32))
+    run = _fresh(task, transform(theta), run_key, jnp.zeros((), jnp.int32), obj.rescale)
     if stagger:
         num_truncations = obj.horizon // obj.truncation
         offset = jax.random.randint(stagger_key, (), 0, num_truncations)
@@ -76,9 +94,9 @@ def start_run(
     return run
 
 
-def _restart_if_done(task, optimizer, key, run: InnerRun, horizon: int) -> InnerRun:
-    done = run.train.step >= horizon
-    fresh = _fresh(task, optimizer, key, run.restarts + 1)
+def _restart_if_done(task, optimizer, key, run: InnerRun, obj: MetaObjective) -> InnerRun:
+    done = run.train.step >= obj.horizon
+    fresh = _fresh(task, optimizer, key, run.restarts + 1, obj.rescale)
     return jax.tree.map(lambda a, b: jnp.where(done, a, b), fresh, run)
 
 
@@ -106,11 +124,11 @@ def truncation_loss(
     result is differentiable in `theta` (truncated backprop through the unroll).
     """
     optimizer = transform(theta)
-    run = _restart_if_done(task, optimizer, key, run, obj.horizon)
+    run = _restart_if_done(task, optimizer, key, run, obj)
     valid = obj.objective.endswith("valid")
     every = obj.truncation if obj.objective == "final_valid" else max(1, obj.truncation // 10)
     train, metrics = unroll(
-        task,
+        _task_of(task, run),
         optimizer,
         run.train,
         run.run_key,

@@ -19,6 +19,11 @@ def _fmt(stats: dict | None, digits: int = 4) -> str:
     return f"{stats['mean']:.{digits}g} ± {stats['std']:.2g}"
 
 
+def _lr(value: float | None) -> str:
+    """The tuned learning rate, or "-" for an optimizer without one (meta-trained)."""
+    return "-" if value is None or not np.isfinite(value) else f"{value:.2g}"
+
+
 def _speedup(entry: dict) -> str:
     if entry.get("speedup") is None:
         return "-"
@@ -52,7 +57,7 @@ def render_markdown(results: dict[str, Any]) -> str:
             best = entry.get("best_test_loss") or entry["final_train_loss"]
             acc = _fmt(entry["final_test_accuracy"]) if "final_test_accuracy" in entry else "-"
             row = (
-                f"| {task} | {name} | {entry['learning_rate']:.2g} | {_fmt(loss)} | "
+                f"| {task} | {name} | {_lr(entry['learning_rate'])} | {_fmt(loss)} | "
                 f"{_fmt(best)} | {acc} | {_fmt(entry['auc_train_loss'])} |"
             )
             if reference:

@@ -129,3 +129,45 @@ def test_shipped_suites_parse():
     assert len(small.tasks) >= 8 and small.lr_num == 15 and small.steps == 2000
     assert not {t.key for t in small.tasks} & {t.key for t in heldout.tasks}
     assert jnp.isclose(small.learning_rates()[0], 1e-7)
+
+
+def test_optimizer_files_are_evaluated_like_baselines(tmp_path, capsys):
+    """A rule file runs (and is tuned) exactly like the baseline it encodes; a meta-trained
+    file runs untuned; both are named by their file in flags and configs."""
+    from l2o.learned import get_learned
+    from l2o.optimizer_file import save_learned
+    from search.programs_library import sgd
+    from search.rule_file import save_rule
+
+    save_rule(tmp_path / "my_sgd.json", sgd(), {"learning_rate": 0.01})
+    init_theta, _ = get_learned("learnable_adam")
+    save_learned(tmp_path / "ladam.safetensors", "learnable_adam", {},
+                 init_theta(jax.random.key(0)))  # fmt: skip
+    out = tmp_path / "eval"
+    optimizers = f"sgd,{tmp_path / 'my_sgd.json'},{tmp_path / 'ladam.safetensors'}"
+    code = main(["evaluate", "--tasks", "rosenbrock", "--optimizers", optimizers,
+                 "--steps", "30", "--seeds", "2", "--lr-num", "4", "--lr-low", "1e-4",
+                 "--lr-high", "1e-1", "--out", str(out)])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    runs = json.loads((out / "results.json").read_text())["tasks"]["rosenbrock"]
+    assert runs["my_sgd"]["learning_rate"] == runs["sgd"]["learning_rate"]
+    np.testing.assert_allclose(runs["my_sgd"]["train_loss"], runs["sgd"]["train_loss"], rtol=1e-5)
+    assert runs["ladam"]["learning_rate"] is None and len(runs["ladam"]["lr_grid"]) == 1
+    assert "| rosenbrock | ladam | - |" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("entry, message", [
+    ("nothere.safetensors", "no optimizer file"),
+    ("{file: x.pkl}", "must be a path ending in .json or .safetensors"),
+    ("{file: BAD, tune_lr: true}", "no learning rate to tune"),
+    ("BAD", "invalid learned optimizer"),
+])  # fmt: skip
+def test_bad_optimizer_files_exit_2(tmp_path, capsys, entry, message):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00" + b'{"a": "b"}      ')
+    config = tmp_path / "suite.yaml"
+    config.write_text(f"tasks: [rosenbrock]\noptimizers: [{entry.replace('BAD', str(bad))}]\n")
+    code = main(["evaluate", "--config", str(config), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert message in err, err

@@ -188,3 +188,24 @@ def test_evosax_strategies_raise_a_too_small_learning_rate(strategy):
         first = float(metrics["meta_loss"]) if first is None else first
     assert float(state.theta["log_lr"]) > np.log(1e-3) + 1.0
     assert float(metrics["meta_loss"]) < first - 0.5
+
+
+def test_rescale_augmentation_redraws_parameter_scales_per_run():
+    obj = MetaObjective(horizon=10, truncation=5, rescale=2.0)
+    theta = init_theta(None)
+    runs = [start_run(QUADRATIC, learnable_sgd, theta, jax.random.key(i), obj) for i in (0, 1)]
+    run_key = jax.random.split(jax.random.key(0))[0]
+    plain = QUADRATIC.init(jax.random.split(jax.random.fold_in(run_key, 0), 3)[0])
+    scales = [np.asarray(jax.tree.leaves(r.scales)[0]) for r in runs]
+    assert scales[0] != scales[1] and all(1e-2 <= s <= 1e2 for s in scales)
+    np.testing.assert_allclose(
+        np.asarray(jax.tree.leaves(runs[0].train.params)[0]) * scales[0],
+        np.asarray(jax.tree.leaves(plain)[0]), rtol=1e-5,
+    )  # fmt: skip
+    run = runs[0]
+    for i in range(4):  # through a restart at the horizon: new scales
+        _, run = jax.jit(truncation_loss, static_argnums=(0, 1, 2))(
+            QUADRATIC, learnable_sgd, obj, theta, jax.random.key(10 + i), run
+        )
+    assert int(run.restarts) >= 1
+    assert np.asarray(jax.tree.leaves(run.scales)[0]) != scales[0]
