@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from baselines import list_optimizers
+from baselines import list_optimizers, optimizer_hparams
 from l2o.evaluate import (
     LEARNED_SUFFIX,
     RULE_SUFFIX,
@@ -37,16 +37,46 @@ def load_yaml(path: str | Path, what: str = "config") -> dict[str, Any]:
         raise UserError(f"cannot read the {what} file {path}: {e}") from None
     try:
         data = yaml.safe_load(text)
+        _check_size(data, str(path))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or "cannot parse it"
         raise UserError(f"{path}: malformed YAML{where}: {problem}") from None
+    except (RecursionError, ValueError) as e:  # deep nesting; ints beyond Python's digit limit
+        raise UserError(f"{path}: malformed YAML: {str(e)[:200]}") from None
     if data is None:
         raise UserError(f"{path} is empty; expected a YAML mapping")
     if not isinstance(data, dict):
         raise UserError(f"{path} must hold a YAML mapping at the top level")
     return data
+
+
+MAX_NODES = 100_000
+"""Run files are small; more nodes than this (with aliases expanded) is refused."""
+
+
+def _check_size(data: Any, where: str) -> None:
+    """UserError for a document that refers to itself or, with its aliases expanded, has more
+    than MAX_NODES nodes (a "billion laughs" file)."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node: Any) -> int:
+        if not isinstance(node, dict | list):
+            return 1
+        if id(node) in open_nodes:
+            raise UserError(f"{where}: the YAML refers to itself through an alias")
+        if id(node) not in sizes:
+            open_nodes.add(id(node))
+            children = [*node.keys(), *node.values()] if isinstance(node, dict) else node
+            sizes[id(node)] = 1 + sum(size(child) for child in children)
+            open_nodes.discard(id(node))
+            if sizes[id(node)] > MAX_NODES:
+                raise UserError(f"{where}: the YAML expands to more than {MAX_NODES} nodes")
+        return sizes[id(node)]
+
+    size(data)
 
 
 def check_keys(data: Mapping, allowed: set[str], where: str) -> None:
@@ -64,8 +94,8 @@ def number(value: Any, where: str, *, integer: bool = False, positive: bool = Tr
         raise UserError(f"{where} must be a number, got {value!r}")
     try:
         x = float(value)
-    except (TypeError, ValueError):
-        raise UserError(f"{where} must be a number, got {value!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise UserError(f"{where} must be a number, got {value!r:.40}") from None
     if not math.isfinite(x) or (positive and x <= 0) or (integer and x != int(x)):
         kind = "positive " * positive + ("integer" if integer else "finite number")
         raise UserError(f"{where} must be a {kind}, got {value!r}")
@@ -115,6 +145,30 @@ def _file_spec(entry: Mapping[str, Any], where: str) -> OptimizerSpec:
     return spec
 
 
+def typed_value(value: Any, default: Any, where: str) -> Any:
+    """`value` as the kind of `default`: a bool, an int (below 2**31), a finite number (numeric
+    strings such as YAML 1.1's '1e-8' are read as numbers) or a string; UserError otherwise."""
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise UserError(f"{where} must be true or false, got {value!r:.40}")
+    elif isinstance(default, int):
+        value = number(value, where, integer=True, positive=False)
+        if abs(value) >= 2**31:
+            raise UserError(f"{where} must be below 2**31 in size, got {value!r:.40}")
+    elif isinstance(default, float):
+        value = number(value, where, positive=False)
+    elif isinstance(default, str) and not isinstance(value, str):
+        raise UserError(f"{where} must be a string, got {value!r:.40}")
+    return value
+
+
+def check_hparams(name: str, hparams: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Hyperparameters of baseline `name`, each of the kind of its default (`typed_value`);
+    names it does not take are left for `get_optimizer` to report."""
+    defaults = optimizer_hparams(name)
+    return {k: typed_value(v, defaults.get(k), f"{where}: {k}") for k, v in hparams.items()}
+
+
 def parse_optimizer(entry: Any, where: str) -> OptimizerSpec:
     """An optimizer entry: a baseline name or an optimizer file path (`.json` symbolic rule,
     `.safetensors` meta-trained optimizer), or {name, hparams, tune_lr, label} / {file, label,
@@ -136,8 +190,9 @@ def parse_optimizer(entry: Any, where: str) -> OptimizerSpec:
     tune = entry.get("tune_lr", True)
     if not isinstance(tune, bool):
         raise UserError(f"{where}.tune_lr must be true or false, got {tune!r}")
-    spec = OptimizerSpec(name, _mapping(entry.get("hparams"), f"{where}.hparams"), tune,
-                         str(entry.get("label", "")))  # fmt: skip
+    hparams = check_hparams(name, _mapping(entry.get("hparams"), f"{where}.hparams"),
+                            f"{where}.hparams")  # fmt: skip
+    spec = OptimizerSpec(name, hparams, tune, str(entry.get("label", "")))
     try:
         optimizer_factory(spec)
     except (TypeError, ValueError) as e:
@@ -145,11 +200,13 @@ def parse_optimizer(entry: Any, where: str) -> OptimizerSpec:
     return spec
 
 
-SUITE_KEYS = {"tasks", "optimizers", "steps", "seeds", "lr_grid", "eval_every", "reference"}
+SUITE_KEYS = {"tasks", "optimizers", "steps", "seeds", "lr_grid", "eval_every", "reference",
+              "reference_steps"}  # fmt: skip
 
 
 def parse_suite(data: Mapping[str, Any], where: str = "config") -> Suite:
     """A validated `Suite` from a config mapping (see configs/suite_small.yaml)."""
+    data = _mapping(data, where)
     check_keys(data, SUITE_KEYS, where)
     for key in ("tasks", "optimizers"):
         if not isinstance(data.get(key), list) or not data[key]:
@@ -176,7 +233,17 @@ def parse_suite(data: Mapping[str, Any], where: str = "config") -> Suite:
             data.get("eval_every", 0), f"{where}.eval_every", integer=True, positive=False
         ),  # fmt: skip
         reference=str(data.get("reference", "adam")),
+        reference_steps=number(
+            data.get("reference_steps", 0), f"{where}.reference_steps", integer=True, positive=False
+        ),  # fmt: skip
     )
+    if suite.reference_steps and (
+        suite.reference_steps < suite.steps or suite.steps % suite.evaluation_interval
+    ):
+        raise UserError(
+            f"{where}: reference_steps must be 0 or at least steps, with steps a multiple of "
+            f"the evaluation interval ({suite.evaluation_interval})"
+        )
     if suite.lr_low >= suite.lr_high:
         raise UserError(f"{where}.lr_grid: low must be below high")
     if not 0 <= suite.eval_every <= suite.steps:
@@ -205,7 +272,9 @@ META_KEYS = {"optimizer", "tasks", "estimator", "objective", "outer", "checkpoin
 def _dataclass_from(cls, data: Any, where: str):
     """`cls(**data)` with unknown keys and bad values reported as UserError."""
     data = _mapping(data, where)
-    check_keys(data, {f.name for f in dataclasses.fields(cls)}, where)
+    fields = {f.name: f.default for f in dataclasses.fields(cls)}
+    check_keys(data, set(fields), where)
+    data = {k: typed_value(v, fields[k], f"{where}.{k}") for k, v in data.items()}
     try:
         return cls(**data)
     except (TypeError, ValueError) as e:
@@ -214,21 +283,27 @@ def _dataclass_from(cls, data: Any, where: str):
 
 def parse_meta_run(data: Mapping[str, Any], where: str = "config") -> MetaRun:
     """A validated `MetaRun` from a config mapping (see configs/meta_*.yaml)."""
-    from l2o.learned import LEARNED_OPTIMIZERS
+    from l2o.learned import LEARNED_OPTIMIZERS, make_config
 
+    data = _mapping(data, where)
     check_keys(data, META_KEYS, where)
     opt = _mapping(data.get("optimizer"), f"{where}.optimizer")
     check_keys(opt, {"name", "config"}, f"{where}.optimizer")
-    if opt.get("name") not in LEARNED_OPTIMIZERS:
+    if not isinstance(opt.get("name"), str) or opt["name"] not in LEARNED_OPTIMIZERS:
         raise UserError(
             f"{where}.optimizer: unknown learned optimizer {opt.get('name')!r}; "
             f"valid: {', '.join(sorted(LEARNED_OPTIMIZERS))}"
         )
+    optimizer_config = _mapping(opt.get("config"), f"{where}.optimizer.config")
+    try:
+        make_config(opt["name"], **optimizer_config)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{where}.optimizer.config: {' '.join(str(e).split())}") from None
     if not isinstance(data.get("tasks"), list) or not data["tasks"]:
         raise UserError(f"{where}: 'tasks' must be a non-empty list")
     run = MetaRun(
         optimizer=opt["name"],
-        optimizer_config=_mapping(opt.get("config"), f"{where}.optimizer.config"),
+        optimizer_config=optimizer_config,
         tasks=tuple(parse_task(t, f"{where}.tasks[{i}]") for i, t in enumerate(data["tasks"])),
         estimator=_dataclass_from(EstimatorConfig, data.get("estimator"), f"{where}.estimator"),
         objective=_dataclass_from(MetaObjective, data.get("objective"), f"{where}.objective"),
@@ -240,8 +315,12 @@ def parse_meta_run(data: Mapping[str, Any], where: str = "config") -> MetaRun:
     )
     for name, value in (("estimator.num_tasks", run.estimator.num_tasks),
                         ("estimator.num_pairs", run.estimator.num_pairs),
+                        ("estimator.population_size", run.estimator.population_size),
                         ("outer.steps", run.outer.steps)):  # fmt: skip
         number(value, f"{where}.{name}", integer=True)
     number(run.estimator.sigma, f"{where}.estimator.sigma")
     number(run.outer.learning_rate, f"{where}.outer.learning_rate")
+    number(run.outer.clip_norm, f"{where}.outer.clip_norm")
+    if run.outer.seed < 0:
+        raise UserError(f"{where}.outer.seed must be >= 0, got {run.outer.seed}")
     return run

@@ -65,10 +65,19 @@ class Suite:
     lr_num: int = 15
     eval_every: int = 0
     reference: str = "adam"
+    reference_steps: int = 0
 
     @property
     def evaluation_interval(self) -> int:
         return self.eval_every or max(1, self.steps // 20)
+
+    def horizon(self, spec: OptimizerSpec) -> int:
+        """Steps run for `spec`: the reference may run longer (`reference_steps`), so that a
+        challenger's speedup can exceed 1 when the reference needs more than `steps` to reach
+        the challenger's final loss."""
+        if spec.key == self.reference:
+            return max(self.steps, self.reference_steps)
+        return self.steps
 
     def learning_rates(self) -> np.ndarray:
         return log_grid(self.lr_low, self.lr_high, self.lr_num)
@@ -104,30 +113,40 @@ def evaluate_pair(task: Task, spec: OptimizerSpec, suite: Suite) -> dict[str, An
     """All learning rates x seeds of one optimizer on one task as one call; the best LR's runs.
 
     The learning rate minimising the mean final validation loss is selected; its per-seed
-    training curves and evaluations are returned, with the validation loss of every LR.
+    training curves and evaluations are returned, with the validation loss of every LR. A
+    reference that runs longer than `suite.steps` is still tuned and reported at `suite.steps`
+    (its first steps are exactly those of a `suite.steps` run); its whole training curve is kept
+    as `extended_train_loss`, for speedups.
     """
     make, default_lr = optimizer_factory(spec)
     tune = spec.tune_lr and np.isfinite(default_lr)
     lrs = suite.learning_rates() if tune else np.array([default_lr], np.float32)
+    horizon = suite.horizon(spec)
     runs = population_sweep(
         task,
         lambda member: make(member["learning_rate"]),
         {"learning_rate": lrs},
         np.arange(suite.seeds),
-        suite.steps,
+        horizon,
         eval_every=suite.evaluation_interval,
     )
-    final_valid = runs["valid_loss"][:, :, -1]
+    within = np.flatnonzero(runs["eval_step"][0, 0] <= suite.steps)
+    final_valid = runs["valid_loss"][:, :, within[-1]]
     best = select_best(final_valid)
-    evaluations = {k: v[best] for k, v in runs.items() if k not in ("train_loss", "eval_step")}
-    return {
+    evaluations = {
+        k: v[best][..., within] for k, v in runs.items() if k not in ("train_loss", "eval_step")
+    }
+    out = {
         "learning_rate": float(lrs[best]),
         "lr_grid": lrs,
         "final_valid_loss_by_lr": np.where(np.isfinite(final_valid), final_valid, np.inf).mean(1),
-        "train_loss": runs["train_loss"][best],
-        "eval_step": runs["eval_step"][best, 0],
+        "train_loss": runs["train_loss"][best][:, : suite.steps],
+        "eval_step": runs["eval_step"][best, 0][within],
         "evaluations": evaluations,
     }
+    if horizon > suite.steps:
+        out["extended_train_loss"] = runs["train_loss"][best]
+    return out
 
 
 def evaluate_suite(
@@ -147,10 +166,13 @@ def evaluate_suite(
     return results
 
 
-def _curve(run: Mapping[str, Any]) -> np.ndarray:
-    """Seed-averaged, smoothed training-loss curve of a run."""
-    losses = np.asarray(run["train_loss"], np.float64)
-    return metrics.smooth(losses.mean(0), metrics.default_window(losses.shape[-1]))
+def _curve(run: Mapping[str, Any], key: str = "train_loss") -> np.ndarray:
+    """Seed-averaged training-loss curve of a run (`key`: or its extended curve), smoothed over
+    the window of its `suite.steps`-long curve (a trailing average, so an extended curve starts
+    exactly as the plain one)."""
+    losses = np.asarray(run.get(key, run["train_loss"]), np.float64)
+    window = metrics.default_window(np.shape(run["train_loss"])[-1])
+    return metrics.smooth(losses.mean(0), window)
 
 
 def _final_stats(run: Mapping[str, Any]) -> dict[str, Any]:
@@ -177,13 +199,14 @@ def compare(results: Mapping[str, Mapping[str, Any]], reference: str) -> dict[st
     per_task: dict[str, dict[str, Any]] = {}
     for task_key, runs in results.items():
         per_task[task_key] = {}
-        ref_curve = _curve(runs[reference]) if has_reference else None
+        ref_curve = _curve(runs[reference], "extended_train_loss") if has_reference else None
         for opt_key, run in runs.items():
             entry = {"learning_rate": run["learning_rate"], **_final_stats(run)}
             if ref_curve is not None:
                 curve = _curve(run)
                 entry.update(metrics.speedup(curve, ref_curve))
-                steps = metrics.steps_to_target(curve, float(ref_curve[-1]))
+                ref_final = _curve(runs[reference])[-1]
+                steps = metrics.steps_to_target(curve, float(ref_final))
                 entry["steps_to_reference_loss"] = steps
             per_task[task_key][opt_key] = entry
     out: dict[str, Any] = {"reference": reference if has_reference else None, "per_task": per_task}

@@ -46,6 +46,13 @@ def render_markdown(results: dict[str, Any]) -> str:
     ]
     if reference is None:
         lines += [f"No reference optimizer {suite['reference']!r} in the grid: no speedups.", ""]
+    elif suite.get("reference_steps", 0) > suite["steps"]:
+        lines += [
+            f"{reference} (tuned and reported at {suite['steps']} steps) was run on to "
+            f"{suite['reference_steps']} steps: a speedup is the step at which it reaches a "
+            "challenger's final training loss over the challenger's steps to reach it.",
+            "",
+        ]
     lines += ["## Per-task results", ""]
     header = "| task | optimizer | lr | final test loss | best test loss | test accuracy | AUC |"
     if reference:

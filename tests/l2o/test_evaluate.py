@@ -171,3 +171,33 @@ def test_bad_optimizer_files_exit_2(tmp_path, capsys, entry, message):
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1, err
     assert message in err, err
+
+
+def test_a_longer_reference_is_tuned_at_the_budget_and_measures_speedups_above_one():
+    """Adam run on to 4x the budget picks the same LR and gives the same budget-length curve;
+    against itself the speedup stays 1; SGD's (slower) speedup is unchanged, and a challenger
+    that reaches a loss Adam only reaches later gets a speedup above 1."""
+    tasks, opts = (TaskSpec("digits_mlp"),), (OptimizerSpec("adam"), OptimizerSpec("sgd"))
+    grid = {"seeds": 2, "lr_num": 3, "lr_low": 1e-3, "lr_high": 1e-1}
+    plain = evaluate_suite(Suite(tasks, opts, steps=40, **grid))
+    longer = evaluate_suite(Suite(tasks, opts, steps=40, reference_steps=160, **grid))
+    adam, adam_long = plain["digits_mlp"]["adam"], longer["digits_mlp"]["adam"]
+    assert adam_long["learning_rate"] == adam["learning_rate"]
+    np.testing.assert_array_equal(adam_long["train_loss"], adam["train_loss"])
+    np.testing.assert_array_equal(adam_long["extended_train_loss"][:, :40], adam["train_loss"])
+    assert adam_long["extended_train_loss"].shape[-1] == 160
+    assert "extended_train_loss" not in longer["digits_mlp"]["sgd"]
+    comparison = compare(longer, "adam")["per_task"]["digits_mlp"]
+    assert comparison["adam"]["speedup"] == 1.0
+    # A challenger whose curve is Adam's curve at 160 steps squeezed into 40 steps.
+    fast = dict(longer["digits_mlp"]["sgd"], train_loss=adam_long["extended_train_loss"][:, ::4])
+    speedup = compare({"digits_mlp": {"adam": adam_long, "fast": fast}}, "adam")
+    entry = speedup["per_task"]["digits_mlp"]["fast"]
+    assert entry["reached"] and 2.0 < entry["speedup"] <= 4.0
+
+
+def test_reference_steps_below_steps_is_rejected(tmp_path, capsys):
+    config = tmp_path / "suite.yaml"
+    config.write_text("tasks: [rosenbrock]\noptimizers: [adam]\nsteps: 100\nreference_steps: 50\n")
+    assert main(["evaluate", "--config", str(config), "--out", str(tmp_path / "out")]) == 2
+    assert "reference_steps must be 0 or at least steps" in capsys.readouterr().err
