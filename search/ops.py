@@ -40,6 +40,7 @@ class Op:
     fn: Callable[..., jax.Array]
     uses_const: bool
     doc: str
+    commutative: bool = False  # fn(a, b) == fn(b, a) bit for bit, so operands may be swapped
 
     @property
     def arity(self) -> int:
@@ -102,6 +103,7 @@ def _interp(a, b, t):
 
 
 _U, _B, _T = (ANY,), (ANY, ANY), (ANY, ANY, ANY)
+_COMMUTATIVE = ("add", "mul", "max", "min", "dot", "cosine")
 _REDUCTIONS = ("clip_by_norm", "normalize", "norm", "rms", "mean", "sum", "max_abs", "size", "dot",
                "cosine")  # fmt: skip
 
@@ -163,7 +165,7 @@ _TABLE = {
 }  # fmt: skip
 
 OPS: dict[str, Op] = {
-    name: Op(name, op_id, operands, result, fn, uses_const, doc)
+    name: Op(name, op_id, operands, result, fn, uses_const, doc, name in _COMMUTATIVE)
     for name, (op_id, operands, result, uses_const, fn, doc) in _TABLE.items()
 }
 OPS_BY_ID: dict[int, Op] = {op.id: op for op in OPS.values()}

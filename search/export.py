@@ -1,0 +1,526 @@
+"""A found update rule as a standalone optax module, as LaTeX and as Markdown (Chen et al. 2023,
+"Symbolic Discovery of Optimization Algorithms", publish Lion as a few lines of code).
+
+Every export starts from the canonical program (`search.canonical`) and writes one line per live
+instruction. The generated source holds only our templates, identifiers we make and numbers:
+ops are looked up in the tables below, constants are printed as float32 literals and the name
+and description are checked before use.
+"""
+
+from __future__ import annotations
+
+import builtins
+import keyword
+import re
+from typing import NamedTuple
+
+import numpy as np
+
+from search.canonical import canonicalize
+from search.ops import OPS
+from search.program import CONSTANTS, INPUTS, LR, NUM_FIXED, Instruction, Program, T, W
+
+# Per op, a jnp expression and a LaTeX one: `@0 @1 @2` the operands, `@c` the constant, `@d` is
+# `1 - c` (in float32). The jnp ones compute exactly what `search.ops` computes.
+PYTHON: dict[str, str] = {
+    "const": "@c",
+    "copy": "@0",
+    "neg": "-@0",
+    "abs": "jnp.abs(@0)",
+    "sign": "jnp.sign(@0)",
+    "square": "@0 * @0",
+    "cube": "@0 * @0 * @0",
+    "sqrt_abs": "jnp.sqrt(jnp.abs(@0))",
+    "rsqrt_abs": "jax.lax.rsqrt(jnp.abs(@0) + TINY)",
+    "reciprocal": "1 / _safe_divisor(@0)",
+    "exp": "jnp.exp(jnp.minimum(@0, MAX_EXP))",
+    "log_abs": "jnp.log(jnp.abs(@0) + TINY)",
+    "log1p_abs": "jnp.log1p(jnp.abs(@0))",
+    "tanh": "jnp.tanh(@0)",
+    "sigmoid": "jax.nn.sigmoid(@0)",
+    "relu": "jnp.maximum(@0, 0)",
+    "softsign": "@0 / (1 + jnp.abs(@0))",
+    "one_minus": "1 - @0",
+    "add_c": "@0 + @c",
+    "scale_c": "@c * @0",
+    "pow_c": "_pow_abs(@0, @c)",
+    "clip_c": "_clip(@0, @c)",
+    "add": "@0 + @1",
+    "sub": "@0 - @1",
+    "mul": "@0 * @1",
+    "div": "@0 / _safe_divisor(@1)",
+    "max": "jnp.maximum(@0, @1)",
+    "min": "jnp.minimum(@0, @1)",
+    "power": "_pow_abs(@0, @1)",
+    "clip": "_clip(@0, @1)",
+    "interp_c": "@d * @0 + @c * @1",
+    "interpolate": "(1 - @2) * @0 + @2 * @1",
+    "select": "jnp.where(@0 > 0, @1, @2)",
+    "is_positive": "(@0 > 0).astype(@0.dtype)",
+    "scale": "@0 * @1",
+    "clip_by_norm": "@0 * jnp.minimum(1, jnp.abs(@1) / _safe_divisor(_norm(@0)))",
+    "normalize": "@0 / (_rms(@0) + TINY)",
+    "norm": "_norm(@0)",
+    "rms": "_rms(@0)",
+    "mean": "jnp.sum(@0) / @0.size",
+    "sum": "jnp.sum(@0)",
+    "max_abs": "jnp.max(jnp.abs(@0))",
+    "size": "jnp.asarray(@0.size, @0.dtype)",
+    "dot": "jnp.sum(@0 * @1)",
+    "cosine": "jnp.sum(@0 * @1) / _safe_divisor(_norm(@0) * _norm(@1))",
+}
+LATEX: dict[str, str] = {
+    "const": "@c",
+    "copy": "@0",
+    "neg": "-@0",
+    "abs": r"\lvert @0 \rvert",
+    "sign": r"\operatorname{sign}(@0)",
+    "square": "{@0}^{2}",
+    "cube": "{@0}^{3}",
+    "sqrt_abs": r"\sqrt{\lvert @0 \rvert}",
+    "rsqrt_abs": r"\frac{1}{\sqrt{\lvert @0 \rvert + 10^{-12}}}",
+    "reciprocal": r"\frac{1}{@0}",
+    "exp": r"\exp(@0)",
+    "log_abs": r"\log(\lvert @0 \rvert + 10^{-12})",
+    "log1p_abs": r"\log(1 + \lvert @0 \rvert)",
+    "tanh": r"\tanh(@0)",
+    "sigmoid": r"\sigma(@0)",
+    "relu": r"\max(@0, 0)",
+    "softsign": r"\frac{@0}{1 + \lvert @0 \rvert}",
+    "one_minus": "1 - @0",
+    "add_c": "@0 + @c",
+    "scale_c": r"@c \, @0",
+    "pow_c": r"\lvert @0 \rvert^{@c}",
+    "clip_c": r"\operatorname{clip}(@0, @c)",
+    "add": "@0 + @1",
+    "sub": "@0 - @1",
+    "mul": r"@0 \, @1",
+    "div": r"\frac{@0}{@1}",
+    "max": r"\max(@0, @1)",
+    "min": r"\min(@0, @1)",
+    "power": r"\lvert @0 \rvert^{@1}",
+    "clip": r"\operatorname{clip}(@0, @1)",
+    "interp_c": r"@d \, @0 + @c \, @1",
+    "interpolate": r"(1 - @2) \, @0 + @2 \, @1",
+    "select": r"\begin{cases} @1 & \text{if } @0 > 0 \\ @2 & \text{else} \end{cases}",
+    "is_positive": r"[@0 > 0]",
+    "scale": r"@0 \, @1",
+    "clip_by_norm": r"@0 \min\left(1, \frac{\lvert @1 \rvert}{\lVert @0 \rVert}\right)",
+    "normalize": r"\frac{@0}{\operatorname{rms}(@0)}",
+    "norm": r"\lVert @0 \rVert",
+    "rms": r"\operatorname{rms}(@0)",
+    "mean": r"\operatorname{mean}(@0)",
+    "sum": r"\textstyle\sum @0",
+    "max_abs": r"\max \lvert @0 \rvert",
+    "size": r"\operatorname{size}(@0)",
+    "dot": r"\langle @0, @1 \rangle",
+    "cosine": r"\cos(@0, @1)",
+}
+HELPERS = {
+    "_safe_divisor": '''def _safe_divisor(x):
+    """`x` with magnitudes below `TINY` replaced by `+-TINY` (zero becomes `+TINY`)."""
+    return jnp.where(jnp.abs(x) < TINY, jnp.where(x < 0, -TINY, TINY), x)''',
+    "_pow_abs": '''def _pow_abs(x, p):
+    """`max(|x|, TINY)^p`, the exponent clipped to `[-MAX_EXP, MAX_EXP]`."""
+    return jnp.exp(jnp.clip(p * jnp.log(jnp.maximum(jnp.abs(x), TINY)), -MAX_EXP, MAX_EXP))''',
+    "_clip": '''def _clip(x, bound):
+    """`x` clipped to `[-|bound|, |bound|]`."""
+    bound = jnp.abs(bound)
+    return jnp.clip(x, -bound, bound)''',
+    "_norm": """def _norm(x):
+    return jnp.sqrt(jnp.sum(x * x))""",
+    "_rms": """def _rms(x):
+    return jnp.sqrt(jnp.sum(x * x) / x.size)""",
+}
+TEX_INPUTS = {"w": "w", "g": "g", "lr": r"\eta", "t": "t"}
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_NUMBER = re.compile(r"-?\d+(\.\d+)?(e[+-]\d+)?")
+_DESCRIPTION = re.compile(r"[A-Za-z0-9 \n.,;:!?()\[\]\-+*/=<>'%&|~#@_^]*")
+_RESERVED = {"jax", "jnp", "optax", "functools", "annotations", "NamedTuple", "TINY", "MAX_EXP",
+             "_rule", "_per_tensor", *HELPERS}  # fmt: skip
+
+
+class _Value(NamedTuple):
+    """A value in generated code: its Python and LaTeX text; `literal` for constants."""
+
+    py: str
+    tex: str
+    literal: bool = False
+
+
+class _Line(NamedTuple):
+    """One instruction as a named line; `reassigns` when it overwrites a state slot's name."""
+
+    inst: Instruction
+    name: _Value
+    operands: tuple[_Value, ...]
+    reassigns: bool
+
+
+class _Rule(NamedTuple):
+    """A canonical program laid out for export."""
+
+    program: Program
+    lines: list[_Line]
+    update: _Value  # `u`, or `d` when the update factors as `lr d`
+    new_state: list[_Value]
+    state: list[_Value]
+    factored: bool  # u = lr d, with lr read nowhere else
+
+
+def _py_number(value: float) -> str:
+    """The shortest literal that parses to the float32 `value` (checked to be a number)."""
+    f32 = np.float32(value)
+    text = str(f32)
+    if float(np.float32(float(text))) != float(f32):
+        text = repr(float(f32))
+    if not _NUMBER.fullmatch(text):
+        raise ValueError(f"cannot write {value!r} as a number")
+    return text
+
+
+def _tex_number(text: str) -> str:
+    mantissa, _, exponent = text.partition("e")
+    mantissa = mantissa[:-2] if mantissa.endswith(".0") else mantissa
+    if not exponent:
+        return mantissa
+    power = f"10^{{{int(exponent)}}}"
+    return power if mantissa == "1" else rf"{mantissa} \cdot {power}"
+
+
+def _literal(value: float) -> _Value:
+    text = _py_number(value)
+    py, tex = text, _tex_number(text)
+    if value < 0:
+        py, tex = f"({py})", f"({tex})"
+    return _Value(py, tex, literal=True)
+
+
+def _fill(template: str, operands: list[str], c: str, d: str) -> str:
+    table = {"c": c, "d": d, **{str(n): x for n, x in enumerate(operands)}}
+    text = re.sub(r"@([012cd])", lambda m: table[m.group(1)], template)
+    return re.sub(r"\\lvert (\d[\d.]*) \\rvert", r"\1", text)  # |0.9| is 0.9
+
+
+def _layout(program: Program) -> _Rule:
+    """Names for every value of `canonicalize(program)`: `w, g, lr, t`; the state `m` (one slot)
+    or `s1..sk`, reassigned where the old value is not read later; `u` (or `d`); else `x1..`."""
+    program = canonicalize(program)
+    insts = program.instructions
+    k = program.num_state
+    state = ([_Value("m", "m")] if k == 1 else
+             [_Value(f"s{i + 1}", f"s_{{{i + 1}}}") for i in range(k)])  # fmt: skip
+    current: dict[int, _Value] = {r: _Value(n, TEX_INPUTS[n]) for r, (n, _) in enumerate(INPUTS)}
+    for i, (_, value) in enumerate(CONSTANTS):
+        current[len(INPUTS) + i] = _literal(value)
+    current.update({NUM_FIXED + i: state[i] for i in range(k)})
+    writer = {}  # register -> index of its last write
+    for n, inst in enumerate(insts):
+        writer[inst.out] = n
+    last = insts[writer[program.update]] if program.update in writer else None
+    factored = (  # u = lr d, and neither lr nor u is read anywhere else
+        last is not None
+        and last.op == "mul"
+        and sorted(a == LR for a in last.args) == [False, True]
+        and sum(a == LR for inst in insts for a in inst.args) == 1
+        and program.update not in program.new_state
+        and not any(program.update in inst.args for inst in insts[writer[program.update] + 1 :])
+    )
+    direction = None
+    if factored:
+        x = last.args[0] if last.args[1] == LR else last.args[1]
+        before = insts[: writer[program.update]]
+        direction = max((n for n, inst in enumerate(before) if inst.out == x), default=None)
+    outputs = {program.update, *program.new_state}
+    state_of = {}  # instruction index -> the state slot it writes last
+    for i, r in enumerate(program.new_state):
+        if r in writer and writer[r] not in state_of:
+            state_of[writer[r]] = i
+    lines, count = [], 0
+    for n, inst in enumerate(insts):
+        operands = tuple(current[a] for a in inst.args)
+        if inst.op == "const":
+            current[inst.out] = _literal(inst.const)
+            continue
+        reassigns = False
+        if n in state_of:
+            i = state_of[n]
+            old = NUM_FIXED + i
+            read_later = any(old in after.args for after in insts[n + 1 :])
+            reassigns = not read_later and old not in outputs
+            s = state[i]
+            name = s if reassigns else _Value(f"new_{s.py}", f"{s.tex}'")
+        elif n == writer.get(program.update) and not factored:
+            name = _Value("u", "u")
+        elif n == direction:
+            name = _Value("d", "d")
+        else:
+            count += 1
+            name = _Value(f"x{count}", f"x_{{{count}}}")
+        current[inst.out] = name
+        if not (factored and inst is last):
+            lines.append(_Line(inst, name, operands, reassigns))
+    if factored:
+        update = current[last.args[0] if last.args[1] == LR else last.args[1]]
+    else:
+        update = current[program.update]
+    new_state = [current[r] for r in program.new_state]
+    return _Rule(program, lines, update, new_state, state, factored)
+
+
+def _py_expression(line: _Line) -> str:
+    operands = [x.py for x in line.operands]
+    if line.operands and all(x.literal for x in line.operands):  # float32 like the interpreter
+        operands = [f"jnp.float32({x.strip('()')})" for x in operands]
+    c = _literal(line.inst.const).py
+    d = _literal(float(np.float32(1) - np.float32(line.inst.const))).py
+    return _fill(PYTHON[line.inst.op], operands, c, d)
+
+
+def _tex_lines(rule: _Rule) -> list[str]:
+    out = []
+    for line in rule.lines:
+        c = _literal(line.inst.const).tex
+        d = _literal(float(np.float32(1) - np.float32(line.inst.const))).tex
+        expression = _fill(LATEX[line.inst.op], [x.tex for x in line.operands], c, d)
+        relation = r"\leftarrow" if line.reassigns else "="
+        out.append(f"{line.name.tex} &{relation} {expression}")
+    if rule.factored:
+        out.append(rf"u &= \eta \, {rule.update.tex}")
+    out.append(r"w &\leftarrow w - u")
+    return out
+
+
+def export_latex(program: Program) -> str:
+    """The update rule as a LaTeX `aligned` block: one equation per live instruction of the
+    canonical program (`w, g`, `\\eta` the learning rate, `t = 1, 2, ...`, `m` or `s_1..s_k` the
+    state, zero at first; `\\leftarrow` updates a state slot in place), then `w \\leftarrow w -
+    u`. Division is guarded against zero and roots and logarithms take `|x|`, as `search.ops`
+    says."""
+    body = " \\\\\n".join(_tex_lines(_layout(program)))
+    return f"\\begin{{aligned}}\n{body}\n\\end{{aligned}}"
+
+
+def export_markdown(program: Program) -> str:
+    """The update rule as Markdown: `export_latex` in a `$$` block, then a plain table of the
+    same lines (value, op, operands, constant)."""
+    rule = _layout(program)
+    rows = ["| # | value | op | operands | constant |", "|---|---|---|---|---|"]
+    for n, line in enumerate(rule.lines, 1):
+        operands = ", ".join(x.py.strip("()") for x in line.operands)
+        const = _py_number(line.inst.const) if OPS[line.inst.op].uses_const else ""
+        rows.append(f"| {n} | {line.name.py} | {line.inst.op} | {operands} | {const} |")
+    if rule.factored:
+        rows.append(f"| {len(rule.lines) + 1} | u | mul | lr, {rule.update.py} | |")
+    text = (
+        "Per parameter tensor, with $t = 1, 2, \\dots$ counting updates and the state zero at "
+        "first; the weights move by $w \\leftarrow w - u$.\n\n"
+    )
+    return f"{text}$$\n{export_latex(program)}\n$$\n\n" + "\n".join(rows) + "\n"
+
+
+def _tuple(names: list[str]) -> str:
+    return f"({names[0]},)" if len(names) == 1 else ", ".join(names)
+
+
+def _signature(function: str, parameters: str) -> str:
+    """`def function(parameters) -> optax.GradientTransformationExtraArgs:`, wrapped when long."""
+    returns = "-> optax.GradientTransformationExtraArgs:"
+    line = f"def {function}({parameters}) {returns}"
+    if len(line) <= 100:
+        return line
+    return f"def {function}(\n    {parameters},\n) {returns}"
+
+
+def _check_name(name: str) -> None:
+    if not isinstance(name, str) or not _IDENTIFIER.fullmatch(name):
+        raise ValueError(f"name must be a Python identifier (ASCII letters, digits, _): {name!r}")
+    taken = _RESERVED | set(dir(builtins))
+    if keyword.iskeyword(name) or name in taken or f"scale_by_{name}" in taken:
+        raise ValueError(f"name {name!r} is a keyword or a name the module uses")
+
+
+def _check_description(description: str) -> None:
+    if not isinstance(description, str) or len(description) > 2000:
+        raise ValueError("description must be a string of at most 2000 characters")
+    if not _DESCRIPTION.fullmatch(description):
+        raise ValueError(
+            "description may hold letters, digits, spaces, newlines and plain punctuation only "
+            "(no quotes or backslashes)"
+        )
+
+
+def export_python(
+    program: Program,
+    *,
+    name: str = "discovered",
+    learning_rate: float | None = None,
+    description: str = "",
+) -> str:
+    """The source of a standalone module (jax and optax only) running `program` as optax does.
+
+    The module defines `scale_by_<name>()` and `<name>(learning_rate)`, optax style: when the
+    update is `lr d` with `lr` read nowhere else (as in Adam or Lion), `scale_by_<name>()` gives
+    `d` and `<name>` chains it with `optax.scale_by_learning_rate`; otherwise `lr` is part of the
+    rule and `scale_by_<name>(learning_rate)` gives the whole update `-u`. Either way the
+    updates equal `search.interpreter.program_transform(program, learning_rate)`: the state is
+    zero at first, `t = count + 1`, reductions reduce each tensor.
+
+    Args:
+      program: the rule (exported in its canonical form).
+      name: a Python identifier; the functions' names derive from it.
+      learning_rate: the default learning rate of `<name>` (none: a required argument).
+      description: plain text for the docstring (letters, digits, punctuation; no quotes or
+        backslashes).
+
+    Returns:
+      Python source text.
+    """
+    _check_name(name)
+    _check_description(description)
+    if learning_rate is not None:
+        lr_ok = isinstance(learning_rate, int | float) and not isinstance(learning_rate, bool)
+        if not lr_ok or not np.isfinite(learning_rate):
+            raise ValueError(f"learning_rate must be a finite number, got {learning_rate!r:.40}")
+    rule = _layout(program)
+    camel = "".join(part[:1].upper() + part[1:] for part in name.split("_"))
+    state_class = f"ScaleBy{camel}State"
+    body = [f"    {line.name.py} = {_py_expression(line)}" for line in rule.lines]
+    reads = {a for line in rule.lines for a in line.inst.args}
+    reads |= {rule.program.update, *rule.program.new_state}
+    reads_w, reads_t = W in reads, T in reads
+    reads_lr = LR in reads and not rule.factored
+    outputs = [rule.update.py, *(s.py for s in rule.new_state)]
+    body.append(f"    return {_tuple(outputs)}")
+    tensors = ["g", *(["w"] if reads_w else []), *(s.py for s in rule.state)]
+    scalars = [*(["lr"] if reads_lr else []), *(["t"] if reads_t else [])]
+    signature = ", ".join(tensors + (["*", *scalars] if scalars else []))
+    out_doc = "The direction `d` (the update is `lr d`)" if rule.factored else "The update `u`"
+    rule_def = [
+        f"def _rule({signature}):",
+        f'    """{out_doc} and the new state, on one parameter tensor."""',
+        *body,
+    ]
+    # Helpers, in a fixed order, those the code refers to.
+    code = "\n".join(rule_def)
+    helpers = [src for helper, src in HELPERS.items() if f"{helper}(" in code]
+    every = code + "\n".join(helpers)
+    constants = [line for word, line in (("TINY", "TINY = 1e-12"), ("MAX_EXP", "MAX_EXP = 80.0"))
+                 if re.search(rf"\b{word}\b", every)]  # fmt: skip
+
+    fields = [f"    {s.py}: optax.Updates" for s in rule.state]
+    zeros = "".join(f"            {s.py}=optax.tree.zeros_like(params),\n" for s in rule.state)
+    trees = ["updates", *(["params"] if reads_w else []), *(f"state.{s.py}" for s in rule.state)]
+    keywords = ", ".join(f"{s}={s}" for s in scalars)
+    call = f"functools.partial(_rule, {keywords})" if scalars else "_rule"
+    results = [("d" if rule.factored else "u"), *(s.py for s in rule.state)]
+    unpack = _tuple(results)
+    update_lines = ["        del extra_args"]
+    if reads_w:
+        update_lines += [
+            "        if params is None:",
+            '            raise ValueError("this update rule reads the weights w: pass params")',
+        ]
+    if reads_t:
+        update_lines.append("        t = (state.count + 1).astype(jnp.float32)")
+    if reads_lr:
+        update_lines += [
+            "        lr = learning_rate(state.count) if callable(learning_rate) else learning_rate",
+            "        lr = jnp.asarray(lr, jnp.float32)",
+        ]
+    update_lines.append(f"        {unpack} = _per_tensor({call}, {', '.join(trees)})")
+    if not rule.factored:
+        update_lines.append("        u = jax.tree.map(jnp.negative, u)")
+    new_state = "".join(f", {s.py}" for s in rule.state)
+    update_lines.append(
+        f"        return {results[0]}, {state_class}(optax.safe_increment(state.count){new_state})"
+    )
+    lr_param = "learning_rate: optax.ScalarOrSchedule"
+    lr_default = "" if learning_rate is None else f" = {float(learning_rate)!r}"
+    scale_args = "" if rule.factored else lr_param
+    math = "\n".join(f"      {line}" for line in " \\\\\n".join(_tex_lines(rule)).split("\n"))
+    what = (
+        "The direction :math:`d`; the update is :math:`u = \\eta d` (see `{name}`)."
+        if rule.factored
+        else "The whole update :math:`-u`: the learning rate is part of the rule."
+    ).format(name=name)
+    if rule.factored:
+        ret = (
+            f"    return optax.chain(scale_by_{name}(), "
+            "optax.scale_by_learning_rate(learning_rate))"
+        )
+    else:
+        ret = f"    return scale_by_{name}(learning_rate)"
+    description = description.strip() or "An update rule found by symbolic search."
+    description = "\n".join(f"    {x}".rstrip() for x in description.split("\n"))
+
+    parts = [
+        f'"""The update rule `{name}` as an optax transform; needs only jax and optax."""',
+        "",
+        "from __future__ import annotations",
+        "",
+        *(["import functools"] if scalars else []),
+        "from typing import NamedTuple",
+        "",
+        "import jax",
+        "import jax.numpy as jnp",
+        "import optax",
+        "",
+        *constants,
+        "",
+        *[f"\n{src}\n" for src in helpers],
+        "",
+        "def _per_tensor(rule, updates, *trees):",
+        '    """`rule(g, *tensors)` on each tensor `g` of `updates` and the matching tensors of',
+        '    `trees`; its outputs as trees like `updates`, in the dtypes of the gradients."""',
+        "    leaves, treedef = jax.tree.flatten(updates)",
+        "    others = [treedef.flatten_up_to(tree) for tree in trees]",
+        "    outputs = [",
+        "        [x.astype(g.dtype) for x in rule(g, *more)]",
+        "        for g, *more in zip(leaves, *others, strict=True)",
+        "    ]",
+        "    return [treedef.unflatten(list(column)) for column in zip(*outputs, strict=True)]",
+        "",
+        "",
+        f"class {state_class}(NamedTuple):",
+        "    count: jax.Array",
+        *fields,
+        "",
+        "",
+        *rule_def,
+        "",
+        "",
+        _signature(f"scale_by_{name}", scale_args),
+        f'    r"""{what}"""',
+        "",
+        "    def init_fn(params):",
+        f"        return {state_class}(",
+        f"            count=jnp.zeros([], jnp.int32),\n{zeros}        )",
+        "",
+        "    def update_fn(updates, state, params=None, **extra_args):",
+        *update_lines,
+        "",
+        "    return optax.GradientTransformationExtraArgs(init_fn, update_fn)",
+        "",
+        "",
+        _signature(name, f"{lr_param}{lr_default}"),
+        f'    r"""{description.strip()}',
+        "",
+        "    Per parameter tensor, with :math:`t = 1, 2, \\dots` counting updates and the state",
+        "    zero at first:",
+        "",
+        "    .. math::",
+        "",
+        math,
+        "",
+        "    Args:",
+        "      learning_rate: :math:`\\eta`, a float or an optax schedule of the step.",
+        "",
+        "    Returns:",
+        "      An `optax.GradientTransformationExtraArgs`.",
+        '    """',
+        ret,
+        "",
+    ]
+    text = "\n".join(parts)
+    return re.sub(r"\n{3,}", "\n\n\n", text)
