@@ -37,7 +37,8 @@ from search.program import (
 )
 
 INPUT = "input"  # the graph's op of the inputs w, g, lr, t and the state slots
-FINGERPRINT_LEARNING_RATE = 1e-2
+# Two learning rates, so a rule that reads `lr` never looks like its twin with a constant.
+FINGERPRINT_LEARNING_RATES = (1e-2, 3e-3)
 PROBE_TILE = 64  # programs per compiled call of `probe_updates`
 PROBE_CHUNK = 8  # steps per compiled call of `probe_updates`
 NAN_TOKEN, POS_INF_TOKEN, NEG_INF_TOKEN = 10_000, 10_001, 10_002  # exponents of non-finite values
@@ -441,14 +442,14 @@ def behaviour_fingerprints(
 ) -> list[str]:
     """A hash of what each program does: its updates on a fixed stream, rounded.
 
-    Each program runs `num_steps` updates at `lr = FINGERPRINT_LEARNING_RATE` on the weights and
-    gradients of `fingerprint_stream(num_steps, num_params, seed)` (the same for every program);
-    its update tensors, rounded to `digits` significant digits (NaN and inf as fixed tokens), are
-    hashed with sha256. Programs with the same canonical form run once, so they always get the
-    same fingerprint; programs that compute the same numbers (such as `x` and `clip(x, 1e30)`)
-    get the same fingerprint too, up to the rare value that rounding splits. `lr` is one input
-    among others: a rule that reads `lr` and its twin with the constant 0.01 in its place look
-    alike here.
+    Each program runs `num_steps` updates at each `lr` of `FINGERPRINT_LEARNING_RATES` on the
+    weights and gradients of `fingerprint_stream(num_steps, num_params, seed)` (the same for
+    every program); its update tensors, rounded to `digits` significant digits (NaN and inf as
+    fixed tokens), are hashed with sha256. Programs with the same canonical form run once, so
+    they always get the same fingerprint; programs that compute the same numbers (such as `x`
+    and `clip(x, 1e30)`) get the same fingerprint too, up to the rare value that rounding
+    splits. Two learning rates keep a rule that reads `lr` apart from its twin with a constant
+    in its place.
 
     Returns:
       One hex digest per program, in order.
@@ -463,7 +464,10 @@ def behaviour_fingerprints(
         first.setdefault(key, program)
     unique = list(first)
     ws, gs = _cached_stream(num_steps, num_params, seed)
-    updates = probe_updates([first[key] for key in unique], ws, gs, FINGERPRINT_LEARNING_RATE)
+    runs = [first[key] for key in unique]
+    updates = np.concatenate(
+        [probe_updates(runs, ws, gs, lr) for lr in FINGERPRINT_LEARNING_RATES], axis=1
+    )
     digest = {
         key: hashlib.sha256(_rounded(u, digits).tobytes()).hexdigest()
         for key, u in zip(unique, updates, strict=True)

@@ -287,6 +287,8 @@ def _tex_lines(rule: _Rule) -> list[str]:
         out.append(f"{line.name.tex} &{relation} {expression}")
     if rule.factored:
         out.append(rf"u &= \eta \, {rule.update.tex}")
+    elif rule.update.tex != "u":  # the update is a state slot or an input
+        out.append(f"u &= {rule.update.tex}")
     out.append(r"w &\leftarrow w - u")
     return out
 
@@ -312,6 +314,8 @@ def export_markdown(program: Program) -> str:
         rows.append(f"| {n} | {line.name.py} | {line.inst.op} | {operands} | {const} |")
     if rule.factored:
         rows.append(f"| {len(rule.lines) + 1} | u | mul | lr, {rule.update.py} | |")
+    elif rule.update.py != "u":
+        rows.append(f"| {len(rule.lines) + 1} | u | copy | {rule.update.py.strip('()')} | |")
     text = (
         "Per parameter tensor, with $t = 1, 2, \\dots$ counting updates and the state zero at "
         "first; the weights move by $w \\leftarrow w - u$.\n\n"

@@ -26,6 +26,7 @@ MAX_DEPTH = 8
 MAX_STRING = 256
 MAX_METADATA_ITEMS = 256
 DEFAULT_LEARNING_RATE = 1e-3
+MAX_LEARNING_RATE = 1e30  # float32 on the device, like the constants
 TOP_KEYS = ("format", "version", "program", "metadata")
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,63}")
 _CODE = re.compile(
@@ -87,8 +88,12 @@ def check_metadata(metadata: Any, depth: int = 0) -> None:
     elif isinstance(metadata, bool) or metadata is None:
         return
     elif isinstance(metadata, int | float):
-        if not math.isfinite(metadata):
-            raise ValueError(f"metadata number {metadata!r} is not finite")
+        try:
+            finite = math.isfinite(metadata)
+        except OverflowError:  # an int beyond the float range
+            finite = False
+        if not finite:
+            raise ValueError(f"metadata number {metadata!r:.40} is not finite")
         return
     else:
         raise ValueError(f"metadata value of type {type(metadata).__name__} is not plain JSON")
@@ -110,7 +115,8 @@ def _parse(text: str) -> tuple[Program, dict[str, Any]]:
     unknown = sorted(set(data) - set(TOP_KEYS))
     if unknown or "program" not in data:
         raise ValueError(f"keys must be {list(TOP_KEYS)} ('metadata' optional); got {sorted(data)}")
-    if data.get("format") != FORMAT or data.get("version") != VERSION:
+    version = data.get("version")
+    if data.get("format") != FORMAT or type(version) is not int or version != VERSION:
         raise ValueError(f"format must be {FORMAT!r} version {VERSION}")
     metadata = data.get("metadata", {})
     if not isinstance(metadata, dict):
@@ -159,8 +165,15 @@ def load_rule(
     program, metadata = read_rule(path)
     if learning_rate is None:
         learning_rate = metadata.get("learning_rate", DEFAULT_LEARNING_RATE)
-        if isinstance(learning_rate, bool) or not isinstance(learning_rate, int | float):
-            raise ValueError(f"rule file {os.fspath(path)!r}: learning_rate must be a number")
+        if (
+            isinstance(learning_rate, bool)
+            or not isinstance(learning_rate, int | float)
+            or not 0 < learning_rate <= MAX_LEARNING_RATE
+        ):
+            raise ValueError(
+                f"rule file {os.fspath(path)!r}: learning_rate must be a number in "
+                f"(0, {MAX_LEARNING_RATE:g}]"
+            )
     return program_transform(program, learning_rate)
 
 
@@ -184,6 +197,9 @@ def save_rule(
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 -> the mode of any new file
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -316,3 +316,10 @@ def test_fingerprint_digits_decide_what_counts_as_equal(digits):
     near = [Program((i("scale_c", R, G, c=c),), R) for c in (0.5, 0.50001)]
     prints = behaviour_fingerprints(near, digits=digits)
     assert (prints[0] == prints[1]) == (digits == 2)
+
+
+def test_a_rule_reading_lr_and_its_twin_with_a_constant_fingerprint_apart():
+    with_lr = get_program("sgd")
+    twins = [Program((i("scale_c", R, G, c=lr),), R) for lr in (1e-2, 3e-3)]
+    prints = behaviour_fingerprints([with_lr, *twins])
+    assert len(set(prints)) == 3

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import inspect
+import re
 
 import jax
 import numpy as np
@@ -217,3 +218,15 @@ def test_latex_and_markdown_show_one_equation_per_live_instruction():
     rows = [row for row in markdown.split("\n") if row.startswith("| ") and "---" not in row]
     assert len(rows) == 1 + len(lines) - 1  # a header, then one row per equation but the last
     assert "| 1 | s1 | interp_c | s1, g | 0.1 |" in rows
+
+
+def test_equations_always_define_the_update():
+    """A rule whose update is a state slot (an EMA of lr * g) still gets its `u = m` line."""
+    from search.program import state_register
+
+    s1 = state_register(0)
+    ema = Program((Instruction("mul", 24, (1, 2)), Instruction("interp_c", s1, (24, s1), 0.63)),
+                  s1, (s1,), 26)  # fmt: skip
+    for program in (ema, *(f() for f in PROGRAMS.values())):
+        assert re.search(r"^u &= ", export_latex(program), re.M), program.format()
+        assert "| u |" in export_markdown(program)

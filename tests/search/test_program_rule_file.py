@@ -128,3 +128,16 @@ def test_hostile_rule_files_are_rejected(tmp_path, case):
 def test_missing_file_is_a_value_error(tmp_path):
     with pytest.raises(ValueError, match="rule file .*missing.json"):
         load_rule(tmp_path / "missing.json")
+
+
+def test_saved_rule_files_get_the_mode_of_any_new_file(tmp_path):
+    import os
+
+    from search.programs_library import sgd
+
+    umask = os.umask(0o022)
+    try:
+        save_rule(tmp_path / "r.json", sgd())
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o644
