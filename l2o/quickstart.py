@@ -1,14 +1,17 @@
-"""`l2o quickstart`: tune and compare baselines on offline tasks, then write a short report."""
+"""`l2o quickstart`: tune and compare baselines, the shipped meta-trained optimizer and the
+shipped discovered rule on offline tasks, then write a short report."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from baselines import get_optimizer
 from l2o.io import check_writable_dir, write_bytes_atomic, write_json_atomic
+from l2o.optimizer_file import load_optimizer
 from l2o.plots import loss_curves
 from l2o.train_command import progress_bar, versions
 from search.sweep import log_grid, lr_seed_sweep, select_best
@@ -17,6 +20,20 @@ from tasks import get_task
 TASKS = ("digits_mlp", "mnist1d_mlp", "rosenbrock")
 OPTIMIZERS = ("sgd", "momentum", "adam")
 LEARNING_RATES = log_grid(1e-4, 1.0, 9)
+PRETRAINED = Path(__file__).parent / "pretrained"
+# The shipped meta-trained optimizer: (name, file).
+LEARNED = ("mlp_l2o", PRETRAINED / "mlp_digits.safetensors")
+
+
+def _contenders() -> list[tuple[str, Callable, np.ndarray]]:
+    """`(name, make(learning_rate) -> transform, learning rates to try)` of every optimizer."""
+    contenders = [
+        (name, lambda lr, name=name: get_optimizer(name, learning_rate=lr), LEARNING_RATES)
+        for name in OPTIMIZERS
+    ]
+    learned = load_optimizer(LEARNED[1])
+    contenders.append((LEARNED[0], lambda lr: learned, np.array([np.nan], np.float32)))
+    return contenders
 
 
 def _mean_std(values: np.ndarray) -> str:
@@ -33,7 +50,9 @@ def render_report(results: dict) -> str:
         f"{results['steps']} steps, {len(results['seeds'])} seeds; each optimizer's learning rate "
         f"picked from {len(results['learning_rates'])} values in "
         f"[{min(results['learning_rates']):.0e}, {max(results['learning_rates']):.0e}] "
-        "by the mean final validation loss, reported on the test split (mean ± std over seeds).",
+        "by the mean final validation loss, reported on the test split (mean ± std over seeds). "
+        "mlp_l2o is the shipped meta-trained optimizer (l2o/pretrained/mlp_digits.safetensors, "
+        "configs/meta_mlp_digits.yaml): it has no learning rate to tune.",
         "",
         "| task | optimizer | best lr | test loss | test accuracy |",
         "| --- | --- | --- | --- | --- |",
@@ -43,7 +62,9 @@ def render_report(results: dict) -> str:
             loss = _mean_std(np.array(run["test_loss"], dtype=float))
             acc = run.get("test_accuracy")
             acc = _mean_std(np.array(acc, dtype=float)) if acc is not None else "-"
-            lines.append(f"| {task} | {name} | {run['learning_rate']:.2g} | {loss} | {acc} |")
+            lr = run["learning_rate"]
+            lr = "-" if lr is None or not np.isfinite(lr) else f"{lr:.2g}"
+            lines.append(f"| {task} | {name} | {lr} | {loss} | {acc} |")
     lines += [
         "",
         "![train loss curves](loss_curves.png)",
@@ -62,23 +83,17 @@ def run_quickstart(out: Path, *, steps: int = 1000, seeds: int = 3) -> int:
     eval_every = max(1, steps // 10)
     runs: dict[str, dict] = {}
     curves: dict[str, dict] = {}
+    contenders = _contenders()
     with progress_bar() as bar:
-        job = bar.add_task("quickstart", total=len(TASKS) * len(OPTIMIZERS))
+        job = bar.add_task("quickstart", total=len(TASKS) * len(contenders))
         for task_name in TASKS:
             task = get_task(task_name)
             runs[task_name], curves[task_name] = {}, {}
-            for name in OPTIMIZERS:
+            for name, make, lrs in contenders:
                 bar.update(job, description=f"{task_name} / {name}")
-                metrics = lr_seed_sweep(
-                    task,
-                    lambda lr, name=name: get_optimizer(name, learning_rate=lr),
-                    LEARNING_RATES,
-                    seed_ids,
-                    steps,
-                    eval_every=eval_every,
-                )
+                metrics = lr_seed_sweep(task, make, lrs, seed_ids, steps, eval_every=eval_every)
                 best = select_best(metrics["valid_loss"][:, :, -1])
-                run = {"learning_rate": float(LEARNING_RATES[best])}
+                run = {"learning_rate": float(lrs[best])}
                 for key in ("valid_loss", "test_loss", "test_accuracy"):
                     if key in metrics:
                         run[key] = metrics[key][best, :, -1]
