@@ -14,6 +14,7 @@ from l2o.io import check_writable_dir, write_bytes_atomic, write_json_atomic
 from l2o.optimizer_file import load_optimizer
 from l2o.plots import loss_curves
 from l2o.train_command import progress_bar, versions
+from search.rule_file import load_rule
 from search.sweep import log_grid, lr_seed_sweep, select_best
 from tasks import get_task
 
@@ -21,8 +22,9 @@ TASKS = ("digits_mlp", "mnist1d_mlp", "rosenbrock")
 OPTIMIZERS = ("sgd", "momentum", "adam")
 LEARNING_RATES = log_grid(1e-4, 1.0, 9)
 PRETRAINED = Path(__file__).parent / "pretrained"
-# The shipped meta-trained optimizer: (name, file).
+# The shipped meta-trained optimizer and discovered rule: (name, file).
 LEARNED = ("mlp_l2o", PRETRAINED / "mlp_digits.safetensors")
+RULE = ("evolved_rule", PRETRAINED / "evolved_sgd_seed1.json")
 
 
 def _contenders() -> list[tuple[str, Callable, np.ndarray]]:
@@ -33,6 +35,7 @@ def _contenders() -> list[tuple[str, Callable, np.ndarray]]:
     ]
     learned = load_optimizer(LEARNED[1])
     contenders.append((LEARNED[0], lambda lr: learned, np.array([np.nan], np.float32)))
+    contenders.append((RULE[0], lambda lr: load_rule(RULE[1], lr), LEARNING_RATES))
     return contenders
 
 
@@ -52,7 +55,10 @@ def render_report(results: dict) -> str:
         f"[{min(results['learning_rates']):.0e}, {max(results['learning_rates']):.0e}] "
         "by the mean final validation loss, reported on the test split (mean ± std over seeds). "
         "mlp_l2o is the shipped meta-trained optimizer (l2o/pretrained/mlp_digits.safetensors, "
-        "configs/meta_mlp_digits.yaml): it has no learning rate to tune.",
+        "configs/meta_mlp_digits.yaml): it has no learning rate to tune. evolved_rule is the "
+        "shipped update rule found by `l2o evolve` from SGD (l2o/pretrained/evolved_sgd_seed1.json"
+        ", configs/evolve_sgd.yaml with seed 1): a momentum rule, m <- 0.815 m + 0.185 lr g, "
+        "u = m.",
         "",
         "| task | optimizer | best lr | test loss | test accuracy |",
         "| --- | --- | --- | --- | --- |",
