@@ -9,6 +9,7 @@ from pathlib import Path
 
 import yaml
 
+from l2o.distributed import add_distributed_flags, initialize
 from l2o.io import UserError
 
 
@@ -38,8 +39,8 @@ def _positive_int(text: str) -> int:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    if not 1 <= value < 2**31:  # step counts are int32 in JAX
+        raise argparse.ArgumentTypeError(f"must be a positive integer below 2**31, got {value}")
     return value
 
 
@@ -48,8 +49,8 @@ def _nonnegative_int(text: str) -> int:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    if not 0 <= value < 2**31:  # seeds: JAX keeps them as int32 in vmapped runs
+        raise argparse.ArgumentTypeError(f"must be in 0..2**31-1, got {value}")
     return value
 
 
@@ -138,10 +139,12 @@ def cmd_evaluate(args) -> int:
     """Evaluate optimizers x tasks x seeds with tuned learning rates; write a report."""
     from l2o.evaluate_command import run_evaluate_command, suite_from_flags
 
-    overrides = {"steps": args.steps, "seeds": args.seeds, "reference": args.reference}
+    overrides = {"steps": args.steps, "seeds": args.seeds, "reference": args.reference,
+                 "reference_steps": args.reference_steps}  # fmt: skip
     if args.lr_num is not None:
         overrides["lr_grid"] = {"low": args.lr_low, "high": args.lr_high, "num": args.lr_num}
     suite = suite_from_flags(args.config, args.tasks, args.optimizers, overrides)
+    initialize(args)  # joins the other processes, if any: before any JAX computation
     return run_evaluate_command(suite, Path(args.out))
 
 
@@ -156,6 +159,7 @@ def cmd_meta_train(args) -> int:
     """Meta-train a learned optimizer from a YAML config."""
     from l2o.meta_train_command import run_meta_train_command
 
+    initialize(args)  # joins the other processes, if any: before any JAX computation
     return run_meta_train_command(args.config, Path(args.out), resume=args.resume, steps=args.steps)
 
 
@@ -164,6 +168,25 @@ def cmd_export(args) -> int:
     from l2o.meta_train_command import run_export_command
 
     return run_export_command(Path(args.run_dir), Path(args.out) if args.out else None)
+
+
+def cmd_evolve(args) -> int:
+    """Evolve a symbolic update rule from a YAML config."""
+    from l2o.config import load_yaml
+    from l2o.evolve_command import parse_evolve_run, run_evolve_command
+
+    parse_evolve_run(load_yaml(args.config), str(args.config))  # bad configs fail before joining
+    initialize(args)  # joins the other processes, if any: before any JAX computation
+    return run_evolve_command(
+        args.config, Path(args.out), resume=args.resume, generations=args.generations
+    )
+
+
+def cmd_export_rule(args) -> int:
+    """Write a rule file as a Python module, Markdown and LaTeX."""
+    from l2o.evolve_command import run_export_rule_command
+
+    return run_export_rule_command(Path(args.rule), Path(args.out), args.name)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -215,10 +238,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_positive_int, help="training steps per run")
     p.add_argument("--seeds", type=_positive_int, help="seeds per configuration")
     p.add_argument("--reference", help="optimizer the speedups are measured against (adam)")
+    p.add_argument("--reference-steps", type=_positive_int,
+                   help="run the reference this long (>= steps): speedups above 1")  # fmt: skip
     p.add_argument("--lr-num", type=_positive_int, help="learning rates in the tuning grid")
     p.add_argument("--lr-low", type=_positive_float, default=1e-7, help="smallest grid LR")
     p.add_argument("--lr-high", type=_positive_float, default=1.0, help="largest grid LR")
     p.add_argument("--out", default="runs/evaluate", help="output directory")
+    add_distributed_flags(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("report", help="re-render an evaluation report from results.json")
@@ -230,12 +256,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/meta", help="output directory")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
     p.add_argument("--steps", type=_positive_int, help="outer steps (override the config)")
+    add_distributed_flags(p)
     p.set_defaults(func=cmd_meta_train)
 
     p = sub.add_parser("export", help="write a meta-training run's learned optimizer file")
     p.add_argument("run_dir", help="output directory of `l2o meta-train`")
     p.add_argument("--out", help="file to write (default RUN_DIR/optimizer.safetensors)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("evolve", help="evolve a symbolic update rule (regularized evolution)")
+    p.add_argument("--config", type=Path, required=True, help="YAML run (configs/evolve_*.yaml)")
+    p.add_argument("--out", default="runs/evolve", help="output directory")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    p.add_argument("--generations", type=_positive_int, help="generations (override the config)")
+    add_distributed_flags(p)
+    p.set_defaults(func=cmd_evolve)
+
+    p = sub.add_parser("export-rule", help="write a rule file as Python, Markdown and LaTeX")
+    p.add_argument("rule", help="rule file (e.g. best_rule.json of `l2o evolve`)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--name", default="discovered", help="module and function name")
+    p.set_defaults(func=cmd_export_rule)
 
     p = sub.add_parser("quickstart", help="compare baselines on offline tasks; write a report")
     p.add_argument("--out", default="runs/quickstart", help="output directory")
@@ -258,6 +299,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("l2o: interrupted; no partial results were written", file=sys.stderr)
         return 130
+    except OSError as e:  # the disk is full, no permission: files already written are whole
+        where = f": {e.filename}" if e.filename else ""
+        print(f"l2o: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

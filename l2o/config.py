@@ -33,8 +33,8 @@ def load_yaml(path: str | Path, what: str = "config") -> dict[str, Any]:
         text = Path(path).read_text()
     except FileNotFoundError:
         raise UserError(f"no such {what} file: {path}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read the {what} file {path}: {e}") from None
+    except (OSError, ValueError) as e:  # ValueError: not UTF-8, or a NUL in the path
+        raise UserError(f"cannot read the {what} file {path!r}: {e}") from None
     try:
         data = yaml.safe_load(text)
         _check_size(data, str(path))
@@ -246,6 +246,8 @@ def parse_suite(data: Mapping[str, Any], where: str = "config") -> Suite:
         )
     if suite.lr_low >= suite.lr_high:
         raise UserError(f"{where}.lr_grid: low must be below high")
+    if not 1e-30 <= suite.lr_low < suite.lr_high <= 1e30:  # learning rates are float32
+        raise UserError(f"{where}.lr_grid: low and high must lie in [1e-30, 1e30]")
     if not 0 <= suite.eval_every <= suite.steps:
         raise UserError(f"{where}: eval_every {suite.eval_every} must lie in 0..steps")
     return suite

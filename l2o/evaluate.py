@@ -140,6 +140,7 @@ def evaluate_pair(task: Task, spec: OptimizerSpec, suite: Suite) -> dict[str, An
         "learning_rate": float(lrs[best]),
         "lr_grid": lrs,
         "final_valid_loss_by_lr": np.where(np.isfinite(final_valid), final_valid, np.inf).mean(1),
+        "diverged_runs": int(np.sum(~np.isfinite(final_valid))),  # of the LR x seed runs
         "train_loss": runs["train_loss"][best][:, : suite.steps],
         "eval_step": runs["eval_step"][best, 0][within],
         "evaluations": evaluations,

@@ -7,7 +7,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rich.progress import Progress
+
 from l2o.config import load_yaml, parse_suite
+from l2o.distributed import is_writer, on_writer
 from l2o.evaluate import evaluate_suite
 from l2o.io import UserError, check_writable_dir, read_json, write_json_atomic
 from l2o.report import write_report
@@ -31,21 +34,44 @@ def suite_from_flags(
     return parse_suite(data, str(config) if config else "flags")
 
 
+def check_suite_runs(suite) -> None:
+    """Build every task and trace one step of every optimizer on it (no compilation), so bad
+    task options or hyperparameters fail as a UserError before any work."""
+    from l2o.evaluate import optimizer_factory
+    from l2o.train_command import build_task, check_step
+
+    for task_spec in suite.tasks:
+        task = build_task(task_spec.name, dict(task_spec.options))
+        for spec in suite.optimizers:
+            make, lr = optimizer_factory(spec)
+            check_step(
+                task, lambda key, make=make, lr=lr: make(lr), f"{spec.key} on {task_spec.key}"
+            )
+
+
 def run_evaluate_command(suite, out: Path) -> int:
-    """Evaluate `suite`; write results.json, report.md, plots and TensorBoard events to `out`."""
-    out = check_writable_dir(out)
+    """Evaluate `suite`; write results.json, report.md, plots and TensorBoard events to `out`.
+
+    With several processes (`l2o.distributed`), every process computes and process 0 writes.
+    """
+    check_suite_runs(suite)
+    writer = is_writer()
+    out = on_writer(lambda: check_writable_dir(out)) or out
     t0 = time.perf_counter()
     pairs = len(suite.tasks) * len(suite.optimizers)
-    with progress_bar() as bar:
+    with progress_bar() if writer else Progress(disable=True) as bar:
         job = bar.add_task("evaluate", total=pairs)
 
         def on_pair(task, optimizer):
             bar.update(job, advance=1, description=f"evaluate (done: {task} / {optimizer})")
 
         results_by_task = evaluate_suite(suite, on_pair=on_pair)
+    if not writer:
+        return 0
     results = {
         "command": "evaluate",
         "suite": dataclasses.asdict(suite),
+        "seeds": list(range(suite.seeds)),  # the training seeds of every configuration
         "tasks": results_by_task,
         "wall_time_s": time.perf_counter() - t0,
         "versions": versions(),

@@ -14,7 +14,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rich.progress import Progress
+
 from l2o.config import check_keys, load_yaml, number, parse_task
+from l2o.distributed import is_writer, on_writer
 from l2o.io import UserError, check_writable_dir, write_bytes_atomic, write_json_atomic
 from l2o.tensorboard import write_scalars
 from l2o.train_command import build_task, progress_bar, versions
@@ -333,24 +336,33 @@ def run_evolve_command(
     run = parse_evolve_run(data, str(config_path))
     if generations is not None:
         run = dataclasses.replace(run, generations=generations)
-    out = check_writable_dir(out)
-    existing = list_checkpoints(out)
-    if existing and not resume:
-        raise UserError(f"{out} already holds checkpoints; pass --resume or choose a new --out")
+    writer = is_writer()  # with several processes, all evolve alike and process 0 writes
+
+    def prepare() -> tuple[Path, list[Path]]:
+        checked = check_writable_dir(out)
+        found = list_checkpoints(checked)
+        if found and not resume:
+            raise UserError(f"{out} already holds checkpoints; pass --resume or choose a new --out")
+        return checked, found
+
+    out, existing = on_writer(prepare) or (out, [])
+    if resume and not writer:  # the others read the checkpoints from the shared output folder
+        existing = list_checkpoints(out)
     digest = _config_digest(data)
     evolution = make_evolution(run.config, run.proxy, run.funnel)
     unsaved: list[dict] = []
 
     def save() -> None:
-        write_scalars(out, _scalars(unsaved))
-        unsaved.clear()
         payload = {"config_digest": digest, "state": state, "history": history, "timing": timing}
-        save_checkpoint(out, state["generation"], payload)
+        if writer:
+            write_scalars(out, _scalars(unsaved))
+            save_checkpoint(out, state["generation"], payload)
+        unsaved.clear()
 
     t0 = time.perf_counter()
     if resume and existing:
         payload, skipped = load_latest_checkpoint(out)
-        for reason in skipped:
+        for reason in skipped if writer else ():
             print(f"l2o: skipped a checkpoint: {reason}")
         if payload.get("config_digest") != digest:
             raise UserError(f"{config_path} differs from the config of the run in {out}")
@@ -361,7 +373,7 @@ def run_evolve_command(
         history, timing = [row], [times]
         unsaved.append(metrics)
         save()
-    with progress_bar() as bar:
+    with progress_bar() if writer else Progress(disable=True) as bar:
         job = bar.add_task("evolve", total=run.generations, completed=state["generation"])
         while state["generation"] < run.generations:
             state, metrics = evolution.step(state)
@@ -377,6 +389,8 @@ def run_evolve_command(
             save()
     state, final = evolution.finish(state)
     program, metadata = _rule_metadata(run, data, state)
+    if not writer:
+        return 0
     write_json_atomic(out / "evolution.json", {
         "command": "evolve",
         "config": data,

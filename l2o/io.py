@@ -18,7 +18,10 @@ class UserError(Exception):
 
 def check_writable_dir(path: str | os.PathLike) -> Path:
     """Create directory `path` if needed and check that files can be written in it."""
-    path = Path(path).expanduser().resolve()
+    try:
+        path = Path(path).expanduser().resolve()
+    except (OSError, ValueError, RuntimeError) as e:  # a NUL in the path, a symlink loop
+        raise UserError(f"output path {str(path)!r} is not a valid path: {e}") from None
     if path.exists() and not path.is_dir():
         raise UserError(f"output path {path} exists and is not a directory")
     try:
@@ -28,6 +31,15 @@ def check_writable_dir(path: str | os.PathLike) -> Path:
     except OSError as e:
         raise UserError(f"output directory {path} is not writable: {e.strerror}") from None
     return path
+
+
+def remove_stale_temp_files(directory: str | os.PathLike) -> list[Path]:
+    """Delete the temp files of `write_bytes_atomic` that a killed process left in `directory`
+    (call it only when no other process writes there); the paths removed."""
+    stale = sorted(Path(directory).glob(".*.tmp"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def _umask() -> int:
@@ -80,5 +92,7 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise UserError(f"no such file: {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except OSError as e:  # a folder, a path through a file, a name too long, no permission
+        raise UserError(f"cannot read {path}: {e.strerror}") from None
+    except (ValueError, RecursionError) as e:  # not JSON, not UTF-8, a NUL in the path
         raise UserError(f"{path} is not valid JSON: {e}") from None

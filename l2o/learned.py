@@ -17,6 +17,8 @@ from l2o.mlp_optimizer import MLPConfig, make_mlp
 from tasks import UnknownNameError
 
 Theta = dict[str, jax.Array]
+MAX_CONFIG_ITEMS = 64
+"""Config lists (layer sizes, decays) hold at most this many entries."""
 InitTheta = Callable[[jax.Array], Theta]
 Transform = Callable[[Theta], optax.GradientTransformationExtraArgs]
 
@@ -58,17 +60,23 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
         return value
     if isinstance(default, int):
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{where} must be an int, got {value!r}")
+            raise ValueError(f"{where} must be an int, got {value!r:.40}")
+        if abs(value) >= 2**31:
+            raise ValueError(f"{where} must be below 2**31 in size, got {value!r:.40}")
         return value
     if isinstance(default, float):
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"{where} must be a number, got {value!r}")
-        if not math.isfinite(value):
-            raise ValueError(f"{where} must be finite, got {value!r}")
-        return float(value)
+            raise ValueError(f"{where} must be a number, got {value!r:.40}")
+        try:
+            number = float(value)
+        except OverflowError:  # an int beyond the float range
+            number = math.inf
+        if not math.isfinite(number):
+            raise ValueError(f"{where} must be finite, got {value!r:.40}")
+        return number
     if isinstance(default, tuple):
-        if not isinstance(value, list | tuple):
-            raise ValueError(f"{where} must be a list, got {value!r}")
+        if not isinstance(value, list | tuple) or len(value) > MAX_CONFIG_ITEMS:
+            raise ValueError(f"{where} must be a list of at most {MAX_CONFIG_ITEMS} items")
         element = default[0] if default else 0.0
         return tuple(_coerce(v, element, f"{where}[{i}]") for i, v in enumerate(value))
     raise ValueError(f"{where} has an unsupported type")

@@ -42,8 +42,8 @@ class LSTMConfig:
     b1: float = 0.9
 
     def __post_init__(self):
-        if self.hidden_size < 1 or self.num_layers < 1:
-            raise ValueError("LSTMConfig needs hidden_size >= 1 and num_layers >= 1")
+        if self.hidden_size < 1 or not 1 <= self.num_layers <= 64:
+            raise ValueError("LSTMConfig needs hidden_size >= 1 and 1 <= num_layers <= 64")
         if not (self.learning_rate > 0 and self.preprocess_p > 0 and 0 <= self.b1 < 1):
             raise ValueError("LSTMConfig needs learning_rate, preprocess_p > 0 and b1 in [0, 1)")
 

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.flatten_util
 import jax.numpy as jnp
+from jax.sharding import Mesh
 
 from l2o.meta_gradients import EstimatorConfig
 from l2o.meta_objective import (
@@ -22,6 +23,7 @@ from l2o.meta_objective import (
 from l2o.meta_train import MetaState, MetaTrainer, OuterConfig, PyTree
 from search.es import make_strategy
 from tasks import Task
+from tasks.sharding import device_mesh, put_replicated, replicated, shard_population
 
 
 def make_es_trainer(
@@ -31,8 +33,12 @@ def make_es_trainer(
     objective: MetaObjective,
     estimator: EstimatorConfig,
     outer: OuterConfig,
+    *,
+    mesh: Mesh | None = None,
 ) -> MetaTrainer:
-    """A MetaTrainer whose outer state is an evosax strategy's; theta is the search mean."""
+    """A MetaTrainer whose outer state is an evosax strategy's; theta is the search mean. The
+    members of a generation are split over the devices of `mesh` (default: every device)."""
+    mesh = device_mesh() if mesh is None else mesh
     init_key, base_key = jax.random.split(jax.random.key(outer.seed))
     theta_key, es_key = jax.random.split(init_key)
     template = init_theta(theta_key)
@@ -49,7 +55,8 @@ def make_es_trainer(
 
     def init() -> MetaState:
         state = strategy.init(es_key, flat)
-        return MetaState(template, state, (), jnp.zeros((), jnp.int32))
+        state = MetaState(template, state, (), jnp.zeros((), jnp.int32))
+        return put_replicated(state, mesh)
 
     def task_step(task: Task):
         def step(state: MetaState) -> tuple[MetaState, dict]:
@@ -59,11 +66,12 @@ def make_es_trainer(
             population, es_state = strategy.ask(ask_key, state.outer_state)
             keys = jax.random.split(task_key, estimator.num_tasks)
 
-            def fitness(vector):
+            def fitness(keys, vector):
                 theta = unravel(vector)
                 return jax.vmap(lambda k: member_loss(task, theta, k))(keys)
 
-            losses = jax.vmap(fitness)(population)  # [P, T], already finite
+            members = jax.vmap(fitness, in_axes=(None, 0))
+            losses = shard_population(members, mesh, (None, 0))(keys, population)  # [P, T]
             es_state, metrics = strategy.tell(tell_key, population, losses.mean(1), es_state)
             theta = unravel(strategy.mean(es_state))
             metrics = {
@@ -74,7 +82,7 @@ def make_es_trainer(
             }
             return MetaState(theta, es_state, (), state.step + 1), metrics
 
-        return jax.jit(step)
+        return jax.jit(step, out_shardings=replicated(mesh))  # readable by every process
 
     steps = [task_step(task) for task in tasks]
 

@@ -8,7 +8,9 @@
 - truncated backprop through time: `jax.grad` through one truncation (biased, low variance).
 
 Each estimator is `init(theta, key) -> state` and `estimate(theta, state, key) -> (grad, state,
-metrics)`, with the `T` tasks of a batch and their particles vmapped in one call.
+metrics)`, with the `T` tasks of a batch and their particles vmapped in one call and split over
+the devices of a mesh (`tasks.sharding`; the estimates equal the single-device ones up to float
+rounding).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh
 
 from l2o.meta_objective import (
     MAX_META_LOSS,
@@ -29,6 +32,7 @@ from l2o.meta_objective import (
     truncation_loss,
 )
 from tasks import Task
+from tasks.sharding import device_mesh, replicated, shard_population
 
 PyTree = Any
 ESTIMATORS = ("pes", "truncated_es", "full_es", "tbptt")
@@ -79,6 +83,26 @@ def _batched(fn, depth: int):
     return fn
 
 
+def _split_over(mesh: Mesh, fn, num_batched: int):
+    """`fn(theta, *args)` vmapped over the leading axis of its `num_batched` args, that axis
+    split over the devices of `mesh` (theta replicated)."""
+    in_axes = (None,) + (0,) * num_batched
+    return shard_population(jax.vmap(fn, in_axes=in_axes), mesh, in_axes)
+
+
+def _over_particles(mesh: Mesh, fn, num_batched: int):
+    """`fn(theta, *args)` over a `[T, N]` grid of particles (the leading axes of its
+    `num_batched` args), the `T * N` particles split over the devices of `mesh`."""
+    split = _split_over(mesh, fn, num_batched)
+
+    def run(theta, *args):
+        T, N = jax.tree.leaves(args)[0].shape[:2]
+        flat = jax.tree.map(lambda x: x.reshape(T * N, *x.shape[2:]), args)
+        return jax.tree.map(lambda x: x.reshape(T, N, *x.shape[1:]), split(theta, *flat))
+
+    return run
+
+
 def _grid_keys(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     return jax.random.split(key, shape)
 
@@ -104,10 +128,21 @@ def _scale(tree, factor):
 
 
 def make_estimator(
-    task: Task, transform: Transform, obj: MetaObjective, config: EstimatorConfig
+    task: Task,
+    transform: Transform,
+    obj: MetaObjective,
+    config: EstimatorConfig,
+    *,
+    mesh: Mesh | None = None,
 ) -> Estimator:
-    """The estimator `config.name` for `transform` on `task` under the objective `obj`."""
+    """The estimator `config.name` for `transform` on `task` under the objective `obj`; the
+    inner runs (particles) are split over the devices of `mesh` (default: every device)."""
     T, N, sigma = config.num_tasks, config.num_pairs, config.sigma
+    mesh = device_mesh() if mesh is None else mesh
+
+    def replicate(tree):
+        """Noise on every device, so that its sums over particles round as on one device."""
+        return jax.lax.with_sharding_constraint(tree, replicated(mesh))
 
     def loss(theta, key, run):
         return truncation_loss(task, transform, obj, theta, key, run)
@@ -125,7 +160,7 @@ def make_estimator(
 
         def estimate(theta, state, key):
             noise_key, restart_key = jax.random.split(key)
-            eps = _noise(noise_key, theta, (T, N), sigma)
+            eps = replicate(_noise(noise_key, theta, (T, N), sigma))
             restarting = state.positive.train.step >= obj.horizon  # [T, N], same for both
 
             def reset(a):
@@ -133,10 +168,10 @@ def make_estimator(
 
             accumulated = jax.tree.map(lambda a, e: reset(a) + e, state.accumulated, eps)
             keys = _grid_keys(restart_key, (T, N))
-            pos = _batched(lambda e, k, r: loss(add(theta, e, 1.0), k, r), 2)
-            loss_pos, positive = pos(eps, keys, state.positive)
-            neg = _batched(lambda e, k, r: loss(add(theta, e, -1.0), k, r), 2)
-            loss_neg, negative = neg(eps, keys, state.negative)
+            pos = _over_particles(mesh, lambda th, e, k, r: loss(add(th, e, 1.0), k, r), 3)
+            loss_pos, positive = pos(theta, eps, keys, state.positive)
+            neg = _over_particles(mesh, lambda th, e, k, r: loss(add(th, e, -1.0), k, r), 3)
+            loss_neg, negative = neg(theta, eps, keys, state.negative)
             grad = _scale(
                 _antithetic_grad(eps, accumulated, loss_pos, loss_neg, sigma), 0.5 / sigma**2
             )
@@ -154,16 +189,17 @@ def make_estimator(
 
         def estimate(theta, runs, key):
             noise_key, restart_key = jax.random.split(key)
-            eps = _noise(noise_key, theta, (T, N), sigma)
+            eps = replicate(_noise(noise_key, theta, (T, N), sigma))
             keys = jax.random.split(restart_key, T)
 
-            def per_task(e_N, k, run):
+            def per_task(theta, e_N, k, run):
                 pos = jax.vmap(lambda e: loss(add(theta, e, 1.0), k, run)[0])(e_N)
                 neg = jax.vmap(lambda e: loss(add(theta, e, -1.0), k, run)[0])(e_N)
                 center, run = loss(theta, k, run)
                 return pos, neg, center, run
 
-            loss_pos, loss_neg, center, runs = jax.vmap(per_task)(eps, keys, runs)
+            split = _split_over(mesh, per_task, 3)
+            loss_pos, loss_neg, center, runs = split(theta, eps, keys, runs)
             grad = _scale(_antithetic_grad(eps, None, loss_pos, loss_neg, sigma), 0.5 / sigma**2)
             return grad, runs, _loss_metrics(jnp.stack([loss_pos, loss_neg]), center)
 
@@ -181,10 +217,11 @@ def make_estimator(
 
         def estimate(theta, state, key):
             noise_key, task_key = jax.random.split(key)
-            eps = _noise(noise_key, theta, (T, N), sigma)
+            eps = replicate(_noise(noise_key, theta, (T, N), sigma))
             keys = jnp.broadcast_to(jax.random.split(task_key, T)[:, None], (T, N))
-            pos = _batched(lambda e, k: full_loss(add(theta, e, 1.0), k), 2)(eps, keys)
-            neg = _batched(lambda e, k: full_loss(add(theta, e, -1.0), k), 2)(eps, keys)
+            pos = _over_particles(mesh, lambda th, e, k: full_loss(add(th, e, 1.0), k), 2)
+            neg = _over_particles(mesh, lambda th, e, k: full_loss(add(th, e, -1.0), k), 2)
+            pos, neg = pos(theta, eps, keys), neg(theta, eps, keys)
             grad = _scale(_antithetic_grad(eps, None, pos, neg, sigma), 0.5 / sigma**2)
             return grad, state, _loss_metrics(jnp.stack([pos, neg]))
 
@@ -196,14 +233,16 @@ def make_estimator(
             jax.random.split(key, T)
         )
 
+    def task_grad(theta, key, run):
+        (value, run), grad = jax.value_and_grad(loss, has_aux=True)(theta, key, run)
+        return value, jax.lax.stop_gradient(run), grad
+
+    # Each task's gradient on its own device, averaged over tasks on every device: the mean
+    # gradient rounds alike on any number of devices.
+    per_task = _split_over(mesh, task_grad, 2)
+
     def estimate(theta, runs, key):
-        keys = jax.random.split(key, T)
-
-        def mean_loss(theta):
-            losses, new_runs = jax.vmap(lambda k, r: loss(theta, k, r))(keys, runs)
-            return losses.mean(), (losses, new_runs)
-
-        (_, (losses, runs)), grad = jax.value_and_grad(mean_loss, has_aux=True)(theta)
-        return grad, jax.lax.stop_gradient(runs), _loss_metrics(losses)
+        losses, runs, grads = per_task(theta, jax.random.split(key, T), runs)
+        return jax.tree.map(lambda g: g.mean(0), grads), runs, _loss_metrics(losses)
 
     return Estimator(init, estimate)

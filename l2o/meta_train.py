@@ -14,10 +14,12 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import Mesh
 
 from l2o.meta_gradients import POPULATION_STRATEGIES, EstimatorConfig, make_estimator
 from l2o.meta_objective import MetaObjective, Transform
 from tasks import Task
+from tasks.sharding import device_mesh, put_replicated, replicated
 
 PyTree = Any
 
@@ -65,18 +67,25 @@ def make_meta_trainer(
     objective: MetaObjective,
     estimator: EstimatorConfig,
     outer: OuterConfig,
+    *,
+    mesh: Mesh | None = None,
 ) -> MetaTrainer:
     """The outer loop over `tasks` (round robin), as pure jitted functions of the MetaState.
 
     Gradient estimators (PES, ES, truncated BPTT) feed Adam on theta; the evosax strategies
-    (`open_es`, `cma_es`) replace both with their own update of the search distribution.
+    (`open_es`, `cma_es`) replace both with their own update of the search distribution. The
+    particles (or members) of each step are split over the devices of `mesh` (default: every
+    device of every process); the MetaState is replicated on all of them.
     """
+    mesh = device_mesh() if mesh is None else mesh
     if estimator.name in POPULATION_STRATEGIES:
         from l2o.meta_es import make_es_trainer  # imports this module: imported late
 
-        return make_es_trainer(tasks, init_theta, transform, objective, estimator, outer)
+        return make_es_trainer(tasks, init_theta, transform, objective, estimator, outer, mesh=mesh)
     optimizer = outer_optimizer(outer)
-    estimators = [make_estimator(task, transform, objective, estimator) for task in tasks]
+    estimators = [
+        make_estimator(task, transform, objective, estimator, mesh=mesh) for task in tasks
+    ]
     init_key, base_key = jax.random.split(jax.random.key(outer.seed))
 
     def init() -> MetaState:
@@ -85,7 +94,8 @@ def make_meta_trainer(
         states = tuple(
             jax.jit(est.init)(theta, k) for est, k in zip(estimators, task_keys, strict=True)
         )
-        return MetaState(theta, optimizer.init(theta), states, jnp.zeros((), jnp.int32))
+        state = MetaState(theta, optimizer.init(theta), states, jnp.zeros((), jnp.int32))
+        return put_replicated(state, mesh)
 
     def task_step(index: int):
         est = estimators[index]
@@ -103,7 +113,7 @@ def make_meta_trainer(
             metrics = {**metrics, "grad_norm": optax.tree.norm(grad), "nonfinite_grad": ~finite}
             return MetaState(theta, outer_state, states, state.step + 1), metrics
 
-        return jax.jit(step)
+        return jax.jit(step, out_shardings=replicated(mesh))  # readable by every process
 
     steps = [task_step(i) for i in range(len(tasks))]
 

@@ -6,39 +6,49 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+import zipfile
 from pathlib import Path
 
 import jax
 import numpy as np
+from rich.progress import Progress
 
 from l2o import checkpoint
 from l2o.config import MetaRun, load_yaml, parse_meta_run
-from l2o.io import UserError, check_writable_dir, read_json, write_json_atomic
+from l2o.distributed import broadcast_from_writer, is_writer, on_writer
+from l2o.io import (
+    UserError,
+    check_writable_dir,
+    read_json,
+    remove_stale_temp_files,
+    write_json_atomic,
+)
 from l2o.meta_train import MetaState, make_meta_trainer
 from l2o.tensorboard import write_scalars
-from l2o.train_command import progress_bar, versions
-from tasks import get_task, train
+from l2o.train_command import build_task, check_step, progress_bar, versions
+from tasks import train
+from tasks.sharding import device_mesh, put_replicated, shard_population
 
 HELDOUT_SEED = 10_000
 
 
-def make_heldout_evaluation(tasks, transform, horizon: int, seeds: int = 2):
+def make_heldout_evaluation(tasks, transform, horizon: int, seeds: int = 2, *, mesh=None):
     """`evaluate(theta) -> {name: value}`: final train/test loss of whole inner runs on held-out
-    seeds, per meta-training task (each task's run compiled once, theta an argument)."""
+    seeds, per meta-training task (each task's run compiled once, theta an argument; the seeds
+    split over the devices of `mesh`, by default every device)."""
+    mesh = device_mesh() if mesh is None else mesh
     keys = jax.random.split(jax.random.key(HELDOUT_SEED), seeds)
 
-    def runs(task, theta):
-        def one(key):
-            return train(task, transform(theta), horizon, key, eval_every=horizon)[1]
+    def one(task, theta, key):
+        return train(task, transform(theta), horizon, key, eval_every=horizon)[1]
 
-        return jax.vmap(one)(keys)
-
-    compiled = jax.jit(runs)
+    over_seeds = jax.vmap(one, in_axes=(None, None, 0))
+    compiled = jax.jit(shard_population(over_seeds, mesh, (None, None, 0)))
 
     def evaluate(theta) -> dict[str, float]:
         out = {}
         for name, task in tasks.items():
-            metrics = jax.device_get(compiled(task, theta))
+            metrics = jax.device_get(compiled(task, theta, keys))
             out[f"heldout/{name}/final_train_loss"] = float(np.mean(metrics["train_loss"][:, -1]))
             if "test_loss" in metrics:
                 out[f"heldout/{name}/test_loss"] = float(np.mean(metrics["test_loss"][:, -1]))
@@ -67,33 +77,57 @@ def run_meta_train_command(config_path: Path, out: Path, *, resume: bool, steps:
     run: MetaRun = parse_meta_run(data, str(config_path))
     if steps is not None:
         run = dataclasses.replace(run, outer=dataclasses.replace(run.outer, steps=steps))
-    tasks = {spec.key: get_task(spec.name, **spec.options) for spec in run.tasks}
+    tasks = {spec.key: build_task(spec.name, dict(spec.options)) for spec in run.tasks}
     try:
         init_theta, transform = get_learned(run.optimizer, **run.optimizer_config)
     except (TypeError, ValueError) as e:
         raise UserError(f"{config_path}: optimizer: {' '.join(str(e).split())}") from None
-    out = check_writable_dir(out)
-    existing = checkpoint.list_checkpoints(out)
-    if existing and not resume:
-        raise UserError(f"{out} already holds checkpoints; pass --resume or choose a new --out")
+    for name, task in tasks.items():  # a task option the learned optimizer cannot run on
+        check_step(task, lambda key: transform(init_theta(key)), f"{run.optimizer} on {name}")
+    # With several processes (l2o.distributed), all compute and only process 0 writes.
+    writer = is_writer()
 
+    def prepare() -> tuple[Path, list[Path]]:
+        directory = check_writable_dir(out)
+        existing = checkpoint.list_checkpoints(directory)
+        if existing and not resume:
+            raise UserError(
+                f"{directory} already holds checkpoints; pass --resume or choose a new --out"
+            )
+        if resume:
+            remove_stale_temp_files(directory)  # left by a killed run
+        return directory, existing
+
+    out, existing = on_writer(prepare) or (out, [])
+    mesh = device_mesh()
     trainer = make_meta_trainer(
-        list(tasks.values()), init_theta, transform, run.objective, run.estimator, run.outer
-    )
+        list(tasks.values()), init_theta, transform, run.objective, run.estimator, run.outer,
+        mesh=mesh,
+    )  # fmt: skip
     state: MetaState = trainer.init()
     history: list[dict] = []
-    if resume and existing:
+
+    def load() -> tuple[MetaState, list[dict]]:
+        if not existing:
+            return state, []
         try:
-            state, meta, skipped = checkpoint.load_latest(out, state)
+            loaded, meta, skipped = checkpoint.load_latest(out, state)
         except checkpoint.CheckpointError as e:
             raise UserError(str(e)) from None
-        history = [r for r in read_json(out / "meta_metrics.json") if r["step"] <= meta["step"]]
+        rows = [r for r in read_json(out / "meta_metrics.json") if r["step"] <= meta["step"]]
         for reason in skipped:
             print(f"l2o: skipped a checkpoint: {reason}")
+        return loaded, rows
+
+    if resume:  # process 0 reads the checkpoint; every device of every process gets it
+        state, history = on_writer(load) or (state, [])
+        state = put_replicated(broadcast_from_writer(state), mesh)
     unsaved: list[dict] = []
-    heldout_evaluation = make_heldout_evaluation(tasks, transform, run.objective.horizon)
+    heldout_evaluation = make_heldout_evaluation(tasks, transform, run.objective.horizon, mesh=mesh)
 
     def save() -> None:
+        if not writer:
+            return
         step = int(state.step)
         write_scalars(out, _history_scalars(unsaved))
         write_json_atomic(out / "meta_metrics.json", history)
@@ -101,7 +135,7 @@ def run_meta_train_command(config_path: Path, out: Path, *, resume: bool, steps:
         unsaved.clear()
 
     t0 = time.perf_counter()
-    with progress_bar() as bar:
+    with progress_bar() if writer else Progress(disable=True) as bar:
         job = bar.add_task("meta-train", total=run.outer.steps, completed=int(state.step))
         while int(state.step) < run.outer.steps:
             state, metrics = trainer.step(state)
@@ -117,6 +151,8 @@ def run_meta_train_command(config_path: Path, out: Path, *, resume: bool, steps:
                 save()
     if unsaved:
         save()
+    if not writer:
+        return 0
     penalized = float(np.mean([r["penalized"] for r in history])) if history else 0.0
     path = save_learned(
         out / "optimizer.safetensors",
@@ -128,6 +164,7 @@ def run_meta_train_command(config_path: Path, out: Path, *, resume: bool, steps:
     write_json_atomic(out / "results.json", {
         "command": "meta-train",
         "config": data,
+        "seed": run.outer.seed,
         "final": history[-1] if history else {},
         "mean_penalized_fraction": penalized,
         "wall_time_s": time.perf_counter() - t0,
@@ -145,13 +182,18 @@ def run_export_command(run_dir: Path, out: Path | None) -> int:
     paths = checkpoint.list_checkpoints(run_dir)
     if not paths:
         raise UserError(f"{run_dir} holds no meta-training checkpoint")
-    with np.load(paths[-1], allow_pickle=False) as f:
+    skipped = []
+    for path in reversed(paths):  # the newest whose config can be read (a torn file is skipped)
         try:
-            data = json.loads(bytes(f["__metadata__"]).decode())["config"]
-        except (KeyError, ValueError) as e:
-            raise UserError(f"{paths[-1]}: no run config in the checkpoint ({e})") from None
-    run = parse_meta_run(data, f"{paths[-1]} config")
-    tasks = [get_task(spec.name, **spec.options) for spec in run.tasks]
+            with np.load(path, allow_pickle=False) as f:
+                data = json.loads(bytes(f["__metadata__"]).decode())["config"]
+            break
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as e:
+            skipped.append(f"{path.name} ({type(e).__name__})")
+    else:
+        raise UserError(f"{run_dir}: no checkpoint holds a readable run config: {skipped}")
+    run = parse_meta_run(data, f"{path} config")
+    tasks = [build_task(spec.name, dict(spec.options)) for spec in run.tasks]
     init_theta, transform = get_learned(run.optimizer, **run.optimizer_config)
     trainer = make_meta_trainer(
         tasks, init_theta, transform, run.objective, run.estimator, run.outer

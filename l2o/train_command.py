@@ -34,18 +34,21 @@ def build_task(name: str, options: dict):
 
     try:
         return get_task(name, **options)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, ArithmeticError, MemoryError, RuntimeError) as e:
+        # RuntimeError: an option so large that JAX cannot allocate the task's arrays
         if type(e).__name__ in ("UnknownNameError", "DatasetError"):
             raise
-        raise UserError(f"cannot build task {name!r} with options {options}: {e}") from None
+        message = " ".join(str(e).split())[:300]
+        raise UserError(f"cannot build task {name!r} with options {options}: {message}") from None
 
 
 def build_optimizer(name: str, hparams: dict):
     """`baselines.get_optimizer`, turning a bad hyperparameter value into a UserError."""
     from baselines import get_optimizer
+    from l2o.config import check_hparams
 
     try:
-        return get_optimizer(name, **hparams)
+        return get_optimizer(name, **check_hparams(name, hparams, f"optimizer {name!r}"))
     except (TypeError, ValueError) as e:
         if type(e).__name__ == "UnknownNameError":
             raise
@@ -126,6 +129,24 @@ def progress_bar() -> Progress | LogProgress:
     )
 
 
+def check_step(task, make_optimizer, what: str, grad_fn=None) -> None:
+    """Trace (without compiling) one training step of `make_optimizer(key)` on `task`: a value
+    the task or optimizer cannot work with fails here, as a UserError, before any work."""
+    import jax
+
+    from tasks import backprop, init_state, train_step
+
+    def step(key):
+        optimizer = make_optimizer(key)
+        state = init_state(task, optimizer, key)
+        return train_step(task, optimizer, state, key, total_steps=2, grad_fn=grad_fn or backprop)
+
+    try:
+        jax.eval_shape(step, jax.random.key(0))
+    except (TypeError, ValueError, ArithmeticError, IndexError) as e:
+        raise UserError(f"{what}: {' '.join(str(e).split())[:300]}") from None
+
+
 def tensorboard_scalars(metrics: dict) -> dict:
     """`tag -> (steps, values)` for the per-step loss and every evaluation metric."""
     steps = list(range(1, len(metrics["train_loss"]) + 1))
@@ -154,12 +175,16 @@ def run_train_command(
     """Validate everything, train, then write `out/results.json` and events; the exit code."""
     if learning_rate is not None:
         hparams = {**hparams, "learning_rate": learning_rate}
+    from l2o.config import check_hparams
+
+    hparams = check_hparams(optimizer_name, hparams, "--hparam")
     eval_every = eval_every or default_eval_every(steps)
     if eval_every > steps:
         raise UserError(f"--eval-every {eval_every} is larger than --steps {steps}")
     task = build_task(task_name, task_options)
     optimizer = build_optimizer(optimizer_name, hparams)
     grad_fn = build_estimator(grad, task, grad_options or {})
+    check_step(task, lambda key: optimizer, f"{optimizer_name} on {task_name}", grad_fn)
     from baselines import optimizer_hparams
 
     hparams = {**optimizer_hparams(optimizer_name), **hparams}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import sys
@@ -12,12 +13,13 @@ from typing import Any
 
 import numpy as np
 
-from l2o.config import load_yaml
-from l2o.io import UserError, check_writable_dir, write_json_atomic
+from l2o.config import check_hparams, load_yaml
+from l2o.io import UserError, check_writable_dir, remove_stale_temp_files, write_json_atomic
 from l2o.train_command import (
     EXIT_DIVERGED,
     build_optimizer,
     build_task,
+    check_step,
     progress_bar,
     versions,
 )
@@ -107,8 +109,15 @@ def run_tune_command(
     task = build_task(task_name, task_options)
     centre = spaces.from_unit(space, np.full((1, len(space.dims)), 0.5))
     centre = {k: float(v[0]) for k, v in centre.items()}
-    build_optimizer(optimizer_name, {**space.fixed, **centre})  # bad fixed values -> UserError
+    fixed = check_hparams(optimizer_name, space.fixed, str(space_path))  # '1e-8' -> 1e-08
+    space = dataclasses.replace(space, fixed=fixed)
+    centre_optimizer = build_optimizer(optimizer_name, {**space.fixed, **centre})
+    check_step(task, lambda key: centre_optimizer, f"{optimizer_name} on {task_name}")
+    if seed + seeds > 2**31:
+        raise UserError(f"--seed {seed} plus --seeds {seeds} must stay below 2**31")
     out = check_writable_dir(out)
+    if resume:
+        remove_stale_temp_files(out)  # left by a killed run
 
     def make_optimizer(hparams):
         return get_optimizer(optimizer_name, **hparams)
@@ -150,6 +159,7 @@ def run_tune_command(
         "best_params": result.best_params,
         "best_value": result.best_value,
         "counts": _counts(result.trials),
+        "penalized": sum(t["value"] is not None and t["value"] >= PENALTY for t in result.trials),
         "trials": result.trials,
         "timing": {"wall_time_s": time.perf_counter() - t0},
         "versions": {**versions(), **_search_versions()},

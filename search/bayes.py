@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import types
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -98,7 +99,10 @@ def chunk_sizes(num_steps: int, num_reports: int) -> list[int]:
 
 
 def _repair_journal(path: Path) -> None:
-    """Drop a half-written last line (a process killed while writing)."""
+    """Drop a half-written last line and the lock a process killed while writing left (one
+    process works on a study at a time; Optuna would wait 30 s before breaking the lock)."""
+    for leftover in (Path(f"{path}.lock"), *path.parent.glob(f"{path.name}.lock*.rename")):
+        leftover.unlink(missing_ok=True)
     if not path.exists() or path.stat().st_size == 0:
         return
     data = path.read_bytes()
@@ -186,14 +190,37 @@ def check_study(storage_path: str | os.PathLike, study_name: str, settings: dict
             _check_settings(storage, study_id, f"study {study_name!r} in {path}", settings)
 
 
+class _ResumableHyperband(optuna.pruners.HyperbandPruner):
+    """Hyperband whose brackets follow a trial's place among the trials that were not failed
+    (Optuna's own follow trial numbers), and which ignores failed trials: a study resumed after
+    a kill prunes exactly as the same study run without interruption."""
+
+    def _get_bracket_id(self, study, trial) -> int:
+        if trial.state == TrialState.FAIL:
+            return -1  # in no bracket
+        failed = study._storage.get_all_trials(
+            study._study_id, deepcopy=False, states=(TrialState.FAIL,)
+        )
+        place = trial.number - sum(t.number < trial.number for t in failed)
+        return super()._get_bracket_id(study, types.SimpleNamespace(number=place))
+
+
+def _sampler(seed: int, finished: int) -> optuna.samplers.TPESampler:
+    """The sampler of the next trial: seeded by the count of finished trials, so the values a
+    trial draws depend only on the seed and the finished trials before it."""
+    return optuna.samplers.TPESampler(seed=seed + finished)
+
+
 def open_study(
     storage_path: str | os.PathLike, study_name: str, settings: dict[str, Any], seed: int
 ) -> optuna.Study:
-    """Create or load the study; fail trials a killed process left running and queue them again.
+    """Create or load the study; fail the trials a killed process left running.
 
     A loaded study must have been made with the same `settings` (else StudyMismatchError). The
-    TPE sampler is seeded with `seed` plus the number of stored trials, so a resumed study draws
-    new points and the same storage contents and seed give the same continuation.
+    TPE sampler is seeded with `seed` plus the number of finished (complete or pruned) trials, and
+    `tpe_search` reseeds it the same way before each trial: a trial left running by a killed
+    process is failed, and the next trial draws the same values again, so the same storage
+    contents and seed give the same continuation as an uninterrupted study.
     """
     path = Path(storage_path)
     _repair_journal(path)
@@ -207,19 +234,17 @@ def open_study(
         study_name=study_name,
         direction="minimize",
         load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=seed + len(stored)),
-        pruner=optuna.pruners.HyperbandPruner(
+        sampler=_sampler(seed, sum(t.state in _FINISHED for t in stored)),
+        pruner=_ResumableHyperband(
             min_resource=1, max_resource=settings["num_reports"], reduction_factor=3
         ),
     )
     if study_id is None:
         study.set_user_attr("settings", settings)
     for t in stored:
-        if t.state == TrialState.RUNNING:
+        if t.state == TrialState.RUNNING:  # killed: failed here, its values drawn again next
             trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
             storage.set_trial_state_values(trial_id, TrialState.FAIL)
-            if t.params:  # killed after drawing its values: train them again
-                study.enqueue_trial(t.params)
     return study
 
 
@@ -260,6 +285,7 @@ def tpe_search(
         study = open_study(storage_path, study_name, settings, seed)
         finished = len(study.get_trials(deepcopy=False, states=_FINISHED))
         while finished < num_trials:
+            study.sampler = _sampler(seed, finished)
             trial = study.ask()
             try:
                 values = suggest(trial, space)

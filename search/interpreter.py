@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh
 
 from search.encoding import (
     BODY_OPS,
@@ -36,6 +37,7 @@ from search.encoding import (
 from search.ops import NUM_OP_IDS, OPS, OPS_BY_ID, TENSOR, WHOLE, Op, Reducer, apply
 from search.program import CONSTANTS, Program, W
 from tasks import Task, train
+from tasks.sharding import device_mesh, pad, replicated, shard_population
 
 LOSS_SPLITS = ("train", "valid")
 LOOP_MAX_OPS = 16  # about where looping costs as much as computing all ops (bench/search.py)
@@ -304,8 +306,9 @@ def encoded_transform(
     return _transform(tree_rule_factory, encoded.num_state, learning_rate, needs_params=True)
 
 
-@functools.partial(jax.jit, static_argnames=("num_steps", "tile"))
-def _population_losses(task, encoded, learning_rates, seeds, num_steps, tile):
+def _tiled_losses(task, encoded, learning_rates, seeds, num_steps: int, tile: int):
+    """Final losses of a block of programs sorted by their body ops, run in tiles of `tile`."""
+
     def one(enc, lr, seed, ops):
         optimizer = encoded_transform(enc, lr, ops)
         key = jax.random.key(seed)
@@ -320,17 +323,29 @@ def _population_losses(task, encoded, learning_rates, seeds, num_steps, tile):
     def run_tile(programs):
         return over_programs(programs, learning_rates, seeds, slot_ops(programs.body_ops))
 
-    # Tiles of similar programs (sorted by body op sequence, the last tile padded with copies)
-    # run one after the other: each runs only the ops its programs use, on cache-sized arrays.
+    # Tiles of similar programs (the last tile padded with copies) run one after the other:
+    # each runs only the ops its programs use, on cache-sized arrays.
     size = encoded.body_ops.shape[0]
     tile = min(tile, size)
     padded = -(-size // tile) * tile
-    order = jnp.lexsort(encoded.body_ops.T[::-1])
-    order = jnp.concatenate([order, jnp.full(padded - size, order[-1])])
-    tiles = jax.tree.map(lambda x: x[order].reshape(padded // tile, tile, *x.shape[1:]), encoded)
+    tiles = pad(encoded, padded)
+    tiles = jax.tree.map(lambda x: x.reshape(padded // tile, tile, *x.shape[1:]), tiles)
     out = jax.lax.map(run_tile, tiles)
-    inverse = jnp.argsort(order[:size])
-    return jax.tree.map(lambda x: x.reshape(padded, *x.shape[2:])[inverse], out)
+    return jax.tree.map(lambda x: x.reshape(padded, *x.shape[2:])[:size], out)
+
+
+@functools.partial(jax.jit, static_argnames=("num_steps", "tile", "mesh"))
+def _population_losses(task, encoded, learning_rates, seeds, num_steps, tile, mesh):
+    # Programs sorted by body op sequence, so that each device's block, and each tile in it,
+    # holds similar programs; the blocks are split over the devices of `mesh`.
+    order = jnp.lexsort(encoded.body_ops.T[::-1])
+    encoded = jax.tree.map(lambda x: x[order], encoded)
+    run = functools.partial(_tiled_losses, num_steps=num_steps, tile=tile)
+    out = shard_population(run, mesh, in_axes=(None, 0, None, None))(
+        task, encoded, learning_rates, seeds
+    )
+    out = jax.tree.map(lambda x: x[jnp.argsort(order)], out)
+    return jax.lax.with_sharding_constraint(out, replicated(mesh))  # every process reads it
 
 
 def population_losses(
@@ -341,20 +356,24 @@ def population_losses(
     num_steps: int,
     *,
     tile: int = 128,
+    mesh: Mesh | None = None,
 ) -> dict[str, np.ndarray]:
     """Final losses of every program x learning rate x seed, trained as ONE jitted call.
 
     Each run is `tasks.train` with the program's `encoded_transform`; the losses are its final
     evaluation on the train and valid splits. NaN and inf are returned as they are. Populations
     of the same shape (`[P]`, `max_len`, `num_state`), the same task, `num_steps` and `tile`
-    reuse one compilation. Inside the call, programs sorted by their body ops run in tiles of
-    `tile` (one after the other, each vmapped), so a tile runs few distinct ops on arrays that
-    stay in cache (`bench/search.py` measures the tile size).
+    reuse one compilation. Inside the call, programs sorted by their body ops are split over
+    the devices of `mesh` (default: every device of every process) in contiguous blocks, and
+    each device runs its block in tiles of `tile` (one after the other, each vmapped), so a
+    tile runs few distinct ops on arrays that stay in cache (`bench/search.py` measures the
+    tile size).
 
     Returns:
       `{"train_loss": [P, L, S], "valid_loss": [P, L, S]}` for `P` programs, `L` learning rates
       and `S` seeds.
     """
+    mesh = device_mesh() if mesh is None else mesh
     encoded = EncodedProgram(*(jnp.asarray(x) for x in encoded_population))
     lrs, seeds = jnp.asarray(learning_rates, jnp.float32), jnp.asarray(seeds, jnp.int32)
-    return jax.device_get(_population_losses(task, encoded, lrs, seeds, num_steps, tile))
+    return jax.device_get(_population_losses(task, encoded, lrs, seeds, num_steps, tile, mesh))

@@ -53,9 +53,13 @@ def _number(value: Any, where: str) -> float:
             value = float(value)
         except ValueError:
             raise ValueError(f"{where} must be a number, got {value!r}") from None
-    if not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"{where} must be a finite number, got {value!r}")
-    return float(value)
+    try:
+        x = float(value) if isinstance(value, int | float) else math.nan
+    except OverflowError:  # an int beyond the float range
+        x = math.inf
+    if not math.isfinite(x):
+        raise ValueError(f"{where} must be a finite number, got {value!r:.40}")
+    return x
 
 
 def _parse_dim(name: str, spec: Mapping[str, Any]) -> Dim:
@@ -79,6 +83,8 @@ def _parse_dim(name: str, spec: Mapping[str, Any]) -> Dim:
     low, high = _number(spec["low"], f"{name}: low"), _number(spec["high"], f"{name}: high")
     if low >= high:
         raise ValueError(f"{name}: low ({low:g}) must be smaller than high ({high:g})")
+    if not math.isfinite(high - low + 1):
+        raise ValueError(f"{name}: the range from {low:g} to {high:g} is too wide")
     if kind == "log_uniform" and low <= 0:
         raise ValueError(f"{name}: log_uniform needs low > 0, got {low:g}")
     if kind == "one_minus_log_uniform" and not 0 < low < high < 1:
@@ -106,7 +112,10 @@ def parse_space(spec: Mapping[str, Any], allowed: Iterable[str] | None = None) -
             raise ValueError(f"{name}: not a hyperparameter here; valid: {', '.join(allowed)}")
         if isinstance(value, Mapping):
             dims.append(_parse_dim(name, value))
-        elif isinstance(value, bool | int | float | str):
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            _number(value, f"{name}: fixed value")  # finite
+            fixed[name] = value
+        elif isinstance(value, bool | str):
             fixed[name] = value
         else:
             raise ValueError(

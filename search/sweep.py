@@ -9,8 +9,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh
 
 from tasks import Task, train
+from tasks.sharding import device_mesh, shard_population
 
 MakeOptimizer = Callable[[Mapping[str, jax.Array]], optax.GradientTransformation]
 
@@ -21,15 +23,16 @@ def log_grid(low: float, high: float, num: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=32)
-def _compiled_sweep(make_optimizer: MakeOptimizer, num_steps: int, eval_every: int):
-    """The jitted members x seeds training function, kept so repeated calls do not recompile."""
+def _compiled_sweep(make_optimizer: MakeOptimizer, num_steps: int, eval_every: int, mesh: Mesh):
+    """The jitted training function of a flat list of (member, seed) runs, split over the
+    devices of `mesh`; kept so repeated calls do not recompile."""
 
     def one(task, member, seed):
         optimizer = make_optimizer(member)
         return train(task, optimizer, num_steps, jax.random.key(seed), eval_every=eval_every)[1]
 
-    over_seeds = jax.vmap(one, in_axes=(None, None, 0))
-    return jax.jit(jax.vmap(over_seeds, in_axes=(None, 0, None)))
+    runs = jax.vmap(one, in_axes=(None, 0, 0))
+    return jax.jit(shard_population(runs, mesh, in_axes=(None, 0, 0)))
 
 
 def population_sweep(
@@ -40,17 +43,21 @@ def population_sweep(
     num_steps: int,
     *,
     eval_every: int = 0,
+    mesh: Mesh | None = None,
 ) -> dict[str, np.ndarray]:
     """`tasks.train` for every member of a hyperparameter population and every seed.
 
     `hparams` maps names to arrays of shape `[P]` (member p is `{k: v[p]}`); returns the
-    metrics of `tasks.train` with leading axes `[P, S]`. One compilation, one call.
+    metrics of `tasks.train` with leading axes `[P, S]`. One compilation, one call: the P x S
+    runs are split over the devices of `mesh` (default: every device of every process).
     """
-
-    run = _compiled_sweep(make_optimizer, num_steps, eval_every)
-    population = {k: jnp.asarray(v, jnp.float32) for k, v in hparams.items()}
-    metrics = run(task, population, jnp.asarray(seeds))
-    return jax.device_get(metrics)
+    mesh = device_mesh() if mesh is None else mesh
+    run = _compiled_sweep(make_optimizer, num_steps, eval_every, mesh)
+    seeds = np.asarray(seeds)
+    num_members, num_seeds = len(next(iter(hparams.values()))), len(seeds)
+    population = {k: jnp.asarray(np.repeat(v, num_seeds), jnp.float32) for k, v in hparams.items()}
+    metrics = jax.device_get(run(task, population, jnp.asarray(np.tile(seeds, num_members))))
+    return {k: v.reshape(num_members, num_seeds, *v.shape[1:]) for k, v in metrics.items()}
 
 
 def lr_seed_sweep(

@@ -117,9 +117,11 @@ CIFAR10_BATCHES = "cifar-10-batches-bin"
 CIFAR10_BATCH_FILES = tuple(f"data_batch_{i}.bin" for i in range(1, 6)) + ("test_batch.bin",)
 _CIFAR10_MAX_MEMBER_BYTES = 64 << 20
 
+# Every name of tasks.registry.OFFLINE_TASKS (a test keeps the two in step).
 OFFLINE_ALTERNATIVES = (
-    "Offline alternatives: the tasks digits_mlp, digits_cnn, mnist1d_mlp, shakespeare_tiny_lm "
-    "and the synthetic tasks need no files (see `l2o tasks`)."
+    "Offline alternatives that need no files: the bundled tasks digits_mlp, digits_cnn, "
+    "mnist1d_mlp, shakespeare_tiny_lm and the synthetic tasks quadratic_k100, quadratic_k10000, "
+    "nqm, rosenbrock, linear_regression, logistic_regression (see `l2o tasks`)."
 )
 
 
