@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"l2o: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("l2o: interrupted; no partial results were written", file=sys.stderr)
+        print("l2o: interrupted; no file was left half-written", file=sys.stderr)
         return 130
     except OSError as e:  # the disk is full, no permission: files already written are whole
         where = f": {e.filename}" if e.filename else ""
