@@ -172,11 +172,11 @@ def cmd_export(args) -> int:
 
 def cmd_evolve(args) -> int:
     """Evolve a symbolic update rule from a YAML config."""
-    from l2o.config import load_yaml
-    from l2o.evolve_command import parse_evolve_run, run_evolve_command
+    from l2o.evolve_command import run_evolve_command
 
-    parse_evolve_run(load_yaml(args.config), str(args.config))  # bad configs fail before joining
-    initialize(args)  # joins the other processes, if any: before any JAX computation
+    # Joins the other processes, if any, before any JAX computation (building the config's
+    # tasks is one): each process then reports a bad config itself.
+    initialize(args)
     return run_evolve_command(
         args.config, Path(args.out), resume=args.resume, generations=args.generations
     )

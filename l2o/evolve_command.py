@@ -18,7 +18,13 @@ from rich.progress import Progress
 
 from l2o.config import check_keys, load_yaml, number, parse_task
 from l2o.distributed import is_writer, on_writer
-from l2o.io import UserError, check_writable_dir, write_bytes_atomic, write_json_atomic
+from l2o.io import (
+    UserError,
+    check_writable_dir,
+    remove_stale_temp_files,
+    write_bytes_atomic,
+    write_json_atomic,
+)
 from l2o.tensorboard import write_scalars
 from l2o.train_command import build_task, progress_bar, versions
 
@@ -343,6 +349,8 @@ def run_evolve_command(
         found = list_checkpoints(checked)
         if found and not resume:
             raise UserError(f"{out} already holds checkpoints; pass --resume or choose a new --out")
+        if resume:
+            remove_stale_temp_files(checked)  # left by a killed run
         return checked, found
 
     out, existing = on_writer(prepare) or (out, [])

@@ -1,8 +1,9 @@
-"""SIGKILL at random moments, then `--resume`: `l2o meta-train` ends with the same theta, and
-`l2o tune --method tpe` with the same trials and best hyperparameters, bit for bit, as a run that
-was never interrupted, in 10 of 10 trials each. The moments are drawn from a seeded generator:
-some trials kill the moment a temporary file appears (a checkpoint, metrics or event file being
-written), the others after a delay spread over the whole run. The commands run under a small
+"""SIGKILL at random moments, then `--resume`: `l2o meta-train` ends with the same theta,
+`l2o tune --method tpe` with the same trials and best hyperparameters, and `l2o evolve` with the
+same best rule and evolution history, bit for bit, as a run that was never interrupted, in 10 of
+10 trials each. The moments are drawn from a seeded generator:
+some trials kill the moment a temporary file appears (a checkpoint, metrics, event or results
+file being written), the others after a delay spread over the whole run. The commands run under a small
 harness that only slows `os.fsync` (and, for tuning, each validation report) by a few
 milliseconds, so that writes and trials last long enough to be hit. The other tuning methods run
 in one go and refuse `--resume`; grid, random and CMA-ES are covered by test_determinism.py.
@@ -22,6 +23,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -56,10 +58,33 @@ from l2o.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 SPACE = "learning_rate: {type: log_uniform, low: 1.0e-3, high: 1.0}\n"
+EVOLVE_GENERATIONS = 8
+# A tiny evolution that saves a checkpoint every generation and runs the funnel mid-run.
+EVOLVE = f"""
+seed: 0
+generations: {EVOLVE_GENERATIONS}
+population_size: 8
+tournament_size: 3
+batch_size: 4
+warm_starts: [sgd]
+checkpoint_every: 1
+mutation: {{max_instructions: 8, max_state: 1}}
+proxy:
+  tasks: [{{name: quadratic_k100, options: {{dim: 8}}}}]
+  steps: 10
+  seeds: 1
+  lr_grid: {{low: 1.0e-4, high: 1.0e-3, num: 2}}
+funnel: {{every: 4, top_k: 2}}
+"""
+TIMING_KEYS = {"wall_time_s", "timing"}
 
 
 def meta_argv(folder: Path, out: Path) -> list[str]:
     return ["meta-train", "--config", str(folder / "meta.yaml"), "--out", str(out)]
+
+
+def evolve_argv(folder: Path, out: Path) -> list[str]:
+    return ["evolve", "--config", str(folder / "evolve.yaml"), "--out", str(out)]
 
 
 def tune_argv(folder: Path, out: Path) -> list[str]:
@@ -75,6 +100,7 @@ def inputs(tmp_path_factory) -> Path:
     config["outer"]["steps"] = META_STEPS
     (folder / "meta.yaml").write_text(yaml.safe_dump(config))
     (folder / "space.yaml").write_text(SPACE)
+    (folder / "evolve.yaml").write_text(EVOLVE)
     return folder
 
 
@@ -171,6 +197,16 @@ def triggers(kind: str, reference: Path) -> list:
             j = rng.randint(0, len(saves) - 1)
             out.append(progress_trigger(events_files, j, rng.uniform(0, gap), "save"))
         return out
+    if kind == "evolve":  # one events file per checkpoint
+        saves = sorted(p.stat().st_mtime for p in reference.glob("events.out*"))
+        gap = median_gap(saves)
+        for k in sorted(rng.sample(range(1, len(saves)), 2)):
+            out.append(temp_file_trigger("evolve_", k))
+        out += [temp_file_trigger("evolution.json", 1), temp_file_trigger("best_rule.json", 1)]
+        for _ in range(TRIALS - len(out)):
+            j = rng.randint(0, len(saves) - 1)
+            out.append(progress_trigger(events_files, j, rng.uniform(0, gap), "save"))
+        return out
     writes = len((reference / "study.journal").read_text().splitlines())
     for _ in range(4):  # the moment a journal line is appended
         out.append(progress_trigger(journal_writes(), rng.randint(2, writes - 2), 0, "write"))
@@ -193,6 +229,17 @@ def theta_of(out: Path) -> dict[str, bytes]:
     results.pop("wall_time_s")
     arrays["results.json"] = json.dumps(results, sort_keys=True).encode()
     return {"checkpoint": final.name, **arrays}
+
+
+def evolve_outcome(out: Path) -> dict:
+    """The best rule file, and evolution.json without its timing fields."""
+    evolution = json.loads((out / "evolution.json").read_text())
+    generations = [row["generation"] for row in evolution["timing"]]
+    assert generations == list(range(EVOLVE_GENERATIONS + 1)), generations
+    return {
+        "best_rule.json": (out / "best_rule.json").read_bytes(),
+        "evolution.json": {k: v for k, v in evolution.items() if k not in TIMING_KEYS},
+    }
 
 
 def tune_outcome(out: Path) -> dict:
@@ -246,6 +293,35 @@ def test_tpe_study_resumes_bit_identically_after_kills(tmp_path, inputs, subproc
         assert "lock" not in stderr, stderr  # no wait for the lock the killed process held
         assert not list(out.glob(".*.tmp")), interrupted[-1]
     assert all(r != "finished before the kill" for r in interrupted), interrupted
+
+
+def _evolve_trial(i: int, trigger, inputs: Path, out: Path, env: dict) -> tuple[str, dict]:
+    """Kill a run of `l2o evolve` at `trigger`, resume it; (what the kill hit, the outcome)."""
+    interrupted = kill_when(start(evolve_argv(inputs, out), env), out, trigger)
+    run([*evolve_argv(inputs, out), "--resume"], env)
+    assert not list(out.glob(".*.tmp")), (i, interrupted)
+    return interrupted, evolve_outcome(out)
+
+
+@pytest.mark.slow
+def test_evolve_resumes_bit_identically_after_kills(tmp_path, inputs, subprocess_env):
+    reference = tmp_path / "reference"
+    run(evolve_argv(inputs, reference), subprocess_env)
+    expected = evolve_outcome(reference)
+    assert len(expected["evolution.json"]["history"]) == EVOLVE_GENERATIONS + 1
+    # Two trials at a time (each process is mostly single-threaded tracing); the kills are
+    # placed by the files each run writes, not by the clock alone.
+    with ThreadPoolExecutor(2) as pool:
+        futures = [
+            pool.submit(_evolve_trial, i, trigger, inputs, tmp_path / f"trial{i}", subprocess_env)
+            for i, trigger in enumerate(triggers("evolve", reference))
+        ]
+        results = [f.result() for f in futures]
+    interrupted = [r for r, _ in results]
+    for i, (reason, outcome) in enumerate(results):
+        assert outcome == expected, f"trial {i} ({reason}) differs"
+    assert all(r != "finished before the kill" for r in interrupted), interrupted
+    assert sum(r.startswith("while writing evolve_") for r in interrupted) == 2, interrupted
 
 
 def _rewrite_with_old_checksum(path: Path) -> None:
