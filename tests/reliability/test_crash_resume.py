@@ -2,10 +2,10 @@
 `l2o tune --method tpe` with the same trials and best hyperparameters, and `l2o evolve` with the
 same best rule and evolution history, bit for bit, as a run that was never interrupted, in 10 of
 10 trials each. The moments are drawn from a seeded generator:
-some trials kill the moment a temporary file appears (a checkpoint, metrics, event or results
-file being written), the others after a delay spread over the whole run. The commands run under a small
-harness that only slows `os.fsync` (and, for tuning, each validation report) by a few
-milliseconds, so that writes and trials last long enough to be hit. The other tuning methods run
+some trials kill the moment a temporary file appears (a checkpoint, metrics, event, results or
+rule file being written), the others after a delay spread over the whole run. The commands run
+under a small harness that only slows `os.fsync` (and, for tuning, each validation report) by a
+few milliseconds, so that writes and trials last long enough to be hit. The other tuning methods run
 in one go and refuse `--resume`; grid, random and CMA-ES are covered by test_determinism.py.
 
 A torn or corrupt newest checkpoint (truncated, or an array changed under its checksum) is
@@ -59,23 +59,6 @@ sys.exit(main(sys.argv[1:]))
 """
 SPACE = "learning_rate: {type: log_uniform, low: 1.0e-3, high: 1.0}\n"
 EVOLVE_GENERATIONS = 8
-# A tiny evolution that saves a checkpoint every generation and runs the funnel mid-run.
-EVOLVE = f"""
-seed: 0
-generations: {EVOLVE_GENERATIONS}
-population_size: 8
-tournament_size: 3
-batch_size: 4
-warm_starts: [sgd]
-checkpoint_every: 1
-mutation: {{max_instructions: 8, max_state: 1}}
-proxy:
-  tasks: [{{name: quadratic_k100, options: {{dim: 8}}}}]
-  steps: 10
-  seeds: 1
-  lr_grid: {{low: 1.0e-4, high: 1.0e-3, num: 2}}
-funnel: {{every: 4, top_k: 2}}
-"""
 TIMING_KEYS = {"wall_time_s", "timing"}
 
 
@@ -100,7 +83,12 @@ def inputs(tmp_path_factory) -> Path:
     config["outer"]["steps"] = META_STEPS
     (folder / "meta.yaml").write_text(yaml.safe_dump(config))
     (folder / "space.yaml").write_text(SPACE)
-    (folder / "evolve.yaml").write_text(EVOLVE)
+    # The tiny evolution (the programs test_determinism.py compiles too), a checkpoint every
+    # generation and the funnel mid-run.
+    evolve = yaml.safe_load((REPO / "configs" / "evolve_tiny.yaml").read_text())
+    evolve.update(generations=EVOLVE_GENERATIONS, checkpoint_every=1)
+    evolve["funnel"]["every"] = EVOLVE_GENERATIONS // 2
+    (folder / "evolve.yaml").write_text(yaml.safe_dump(evolve))
     return folder
 
 
@@ -202,7 +190,7 @@ def triggers(kind: str, reference: Path) -> list:
         gap = median_gap(saves)
         for k in sorted(rng.sample(range(1, len(saves)), 2)):
             out.append(temp_file_trigger("evolve_", k))
-        out += [temp_file_trigger("evolution.json", 1), temp_file_trigger("best_rule.json", 1)]
+        out += [temp_file_trigger("evolution.json", 1), temp_file_trigger("rule-", 1)]
         for _ in range(TRIALS - len(out)):
             j = rng.randint(0, len(saves) - 1)
             out.append(progress_trigger(events_files, j, rng.uniform(0, gap), "save"))
@@ -321,6 +309,7 @@ def test_evolve_resumes_bit_identically_after_kills(tmp_path, inputs, subprocess
     for i, (reason, outcome) in enumerate(results):
         assert outcome == expected, f"trial {i} ({reason}) differs"
     assert all(r != "finished before the kill" for r in interrupted), interrupted
+    assert sum(r.startswith("while writing") for r in interrupted) == 4, interrupted
     assert sum(r.startswith("while writing evolve_") for r in interrupted) == 2, interrupted
 
 

@@ -18,6 +18,7 @@ import io
 import math
 import shutil
 import time
+import types
 from pathlib import Path
 
 import jax
@@ -25,27 +26,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import yaml
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from l2o import checkpoint
 from l2o.cli import build_parser, main
+from search.programs_library import get_program
+from search.rule_file import save_rule
 from tasks import init_state, train_step
 
 REPO = Path(__file__).resolve().parents[2]
-CASES = 1000
-FUZZ = settings(
-    max_examples=CASES,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    phases=[Phase.explicit, Phase.generate, Phase.shrink],
-    suppress_health_check=[
-        HealthCheck.too_slow,
-        HealthCheck.data_too_large,
-        HealthCheck.function_scoped_fixture,
-    ],
-)
 
 FUZZED = (
     "tasks",
@@ -56,12 +46,12 @@ FUZZED = (
     "report",
     "meta-train",
     "export",
+    "evolve",
+    "export-rule",
     "quickstart",
 )
 # Commands with more flags get more cases.
 WEIGHTED = FUZZED + ("train", "train", "tune", "evaluate", "meta-train")
-# Commands still being written: add a template below (and to FUZZED) once their flags settle.
-PENDING = ("evolve", "export-rule")
 # Flags that join other processes over the network: not fuzzed here (each would wait for peers).
 NETWORK_FLAGS = ("--coordinator", "--num-processes", "--process-id", "--init-timeout")
 CHEAP_TASKS = [
@@ -95,7 +85,9 @@ def stand_ins(monkeypatch) -> None:
     import l2o.quickstart
     import l2o.train_command
     import l2o.tune_command
+    import search.evolution
     from l2o.evaluate import optimizer_factory
+    from search.interpreter import program_transform
     from search.objective import with_fixed
     from tasks import get_task
 
@@ -155,11 +147,31 @@ def stand_ins(monkeypatch) -> None:
         _one_step(task, make_optimizer, jnp.float32(learning_rates[0]))
         raise Reached
 
+    def make_evolution(config, proxy, funnel=None):
+        for suite in (proxy, funnel):
+            jnp.asarray(suite.seeds)
+            assert 1 <= suite.num_steps < 2**31 and suite.seeds and suite.learning_rates
+            assert all(math.isfinite(lr) and lr > 0 for lr in suite.learning_rates), suite
+
+        def init(key):  # one step of every starting program on every task
+            for suite in (proxy, funnel):
+                for task in suite.tasks:
+                    for program in (*config.warm_starts, config.reference):
+                        make = lambda lr, p=program: program_transform(p, lr)  # noqa: E731
+                        _one_step(task, make, jnp.float32(suite.learning_rates[0]))
+            raise Reached
+
+        def step(state):
+            raise Reached
+
+        return types.SimpleNamespace(init=init, step=step, finish=step)
+
     monkeypatch.setattr(l2o.train_command, "train_in_chunks", train)
     monkeypatch.setattr(l2o.evaluate_command, "evaluate_suite", evaluate)
     monkeypatch.setattr(l2o.tune_command, "_plan", plan)
     monkeypatch.setattr(l2o.meta_train_command, "make_meta_trainer", meta_trainer)
     monkeypatch.setattr(l2o.quickstart, "lr_seed_sweep", sweep)
+    monkeypatch.setattr(search.evolution, "make_evolution", make_evolution)
 
 
 def run_cli(argv: list[str]) -> tuple[int | str, str, str]:
@@ -192,8 +204,8 @@ def flags_of(parser) -> dict[str, bool]:
     return out
 
 
-def test_every_command_is_fuzzed_or_pending():
-    assert set(subcommands()) <= set(FUZZED) | set(PENDING), "add new commands to this fuzzer"
+def test_every_command_is_fuzzed():
+    assert set(subcommands()) <= set(FUZZED), "add new commands to this fuzzer"
     assert set(FUZZED) <= set(subcommands())
 
 
@@ -202,7 +214,8 @@ def test_every_command_is_fuzzed_or_pending():
 
 @pytest.fixture
 def files(tmp_path):
-    """Valid and hostile inputs: spaces, suites, meta-training configs, run and report dirs."""
+    """Valid and hostile inputs: spaces, suites, meta-training and evolution configs, rule files,
+    run and report dirs."""
     root = tmp_path / "inputs"
     root.mkdir()
     meta = yaml.safe_load((REPO / "configs" / "meta_tiny.yaml").read_text())
@@ -218,6 +231,10 @@ def files(tmp_path):
         "meta_mlp.yaml": "optimizer: {name: mlp, config: {hidden_sizes: [4]}}\n"
         "tasks: [{name: quadratic_k100, options: {dim: 3}}]\nestimator: {name: tbptt}\n"
         "objective: {horizon: 4, truncation: 2}\nouter: {steps: 2}\n",
+        "evolve.yaml": "warm_starts: [sgd, lion]\n"
+        "proxy: {tasks: [rosenbrock], steps: 5, seeds: 1}\n"
+        "population_size: 4\ntournament_size: 2\nbatch_size: 2\ngenerations: 2\n"
+        "funnel: {tasks: [{name: quadratic_k100, options: {dim: 3}}], every: 1, top_k: 2}\n",
         "bad_options.yaml": "tasks: [{name: rosenbrock, options: {dim: banana}}]\n"
         "optimizers: [adam]\n",
         "bad_hparams.yaml": "tasks: [rosenbrock]\noptimizers: [{name: adam, hparams: "
@@ -235,6 +252,7 @@ def files(tmp_path):
     for name, text in texts.items():
         (root / name).write_text(text)
     (root / "binary.yaml").write_bytes(b"\xff\xfe\x00\x01tasks")
+    save_rule(root / "rule.json", get_program("lion"), {"learning_rate": 0.01, "fitness": -0.5})
     # Run directories for `export`: a good one, one whose newest checkpoint is torn, junk.
     tree = {"x": np.zeros(2, np.float32)}
     for name in ("run", "torn_run"):
@@ -259,7 +277,7 @@ def files(tmp_path):
 
 def _value_pools(files: Path, fresh: Path) -> dict[str, list[str]]:
     spaces = [str(files / n) for n in ("sgd_space.yaml", "adam_space.yaml", "fixed_space.yaml")]
-    configs = [str(files / n) for n in ("suite.yaml", "meta.yaml", "meta_mlp.yaml")]
+    configs = [str(files / n) for n in ("suite.yaml", "meta.yaml", "meta_mlp.yaml", "evolve.yaml")]
     return {
         "--task": CHEAP_TASKS,
         "--optimizer": ["adam", "sgd", "momentum", "lion", "adamw", "rmsprop"],
@@ -440,6 +458,7 @@ def junk_values(files: Path, canary: Path) -> dict[str, list[str]]:
             str(files / "torn_run"),
             str(files / "junk_run"),
             str(files / "list_config_run"),
+            str(files / "rule.json"),
             *[str(p) for p in sorted(files.glob("report_*"))],
         ],
     }
@@ -537,6 +556,11 @@ def templates(files: Path, fresh: Path) -> dict[str, list[list[str]]]:
             ["export", str(files / "run"), "--out", str(fresh / "opt.safetensors")],
             ["export", str(files / "torn_run"), "--out", str(fresh / "o.safetensors")],
         ],
+        "evolve": [
+            ["evolve", "--config", str(files / "evolve.yaml"), "--out", out],
+            ["evolve", "--config", str(files / "evolve.yaml"), "--generations", "1", "--out", out],
+        ],
+        "export-rule": [["export-rule", str(files / "rule.json"), "--out", out, "--name", "rule"]],
         "quickstart": [["quickstart", "--out", out, "--steps", "2", "--seeds", "1"]],
     }
 
@@ -608,9 +632,11 @@ def _temp_files(root: Path) -> list[Path]:
 
 
 @pytest.mark.slow
-def test_fuzzed_command_lines(tmp_path, files, monkeypatch):
+def test_fuzzed_command_lines(tmp_path, files, monkeypatch, fuzz):
     stand_ins(monkeypatch)
-    monkeypatch.chdir(tmp_path)  # default output folders land here
+    work = tmp_path / "cwd" / "here"  # default output folders land here, and `--out ..` too
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
     canary = tmp_path / "CANARY"
     parsers = subcommands()
     flags = {name: flags_of(parsers[name]) for name in FUZZED}
@@ -633,7 +659,7 @@ def test_fuzzed_command_lines(tmp_path, files, monkeypatch):
     shutil.rmtree(tmp_path / "warm", ignore_errors=True)
     count, outcomes, timings = [0], {}, {}
 
-    @FUZZ
+    @fuzz
     @given(st.data(), st.sampled_from(WEIGHTED))
     def case(data, command):
         count[0] += 1
@@ -667,7 +693,7 @@ def test_fuzzed_command_lines(tmp_path, files, monkeypatch):
 
     case()
     print(sum(outcomes.values()), "cases:", outcomes, "seconds per command:", timings)
-    assert sum(outcomes.values()) >= CASES, outcomes  # cases that ran to the end
+    assert sum(outcomes.values()) >= fuzz.max_examples, outcomes  # cases that ran to the end
     assert outcomes.get(2, 0) > 100 and outcomes.get("reached", 0) > 50, outcomes
 
 

@@ -10,12 +10,11 @@ import copy
 import dataclasses
 import datetime
 import math
-import signal
 from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from baselines import list_optimizers, optimizer_hparams
@@ -29,45 +28,7 @@ from tasks import UnknownNameError, list_tasks
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs"
-CASES = 1000
-FUZZ = settings(
-    max_examples=CASES,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    phases=[Phase.explicit, Phase.generate, Phase.shrink],  # no tracing "explain" phase
-    suppress_health_check=[
-        HealthCheck.too_slow,
-        HealthCheck.data_too_large,
-        HealthCheck.function_scoped_fixture,
-    ],
-)
 CLI_ERRORS = (UserError, UnknownNameError)  # what `l2o.cli.main` reports as one line, exit 2
-SECONDS_PER_CASE = 10
-
-
-class CaseTimeout(BaseException):
-    """A single case ran too long (a BaseException, so no `except Exception` swallows it)."""
-
-
-@pytest.fixture
-def time_limit():
-    """`with time_limit(): ...` fails the test if the block runs longer than SECONDS_PER_CASE."""
-
-    def alarm(signum, frame):
-        raise CaseTimeout(f"a case ran longer than {SECONDS_PER_CASE} s")
-
-    previous = signal.signal(signal.SIGALRM, alarm)
-
-    class Limit:
-        def __enter__(self):
-            signal.setitimer(signal.ITIMER_REAL, SECONDS_PER_CASE)
-
-        def __exit__(self, *exc):
-            signal.setitimer(signal.ITIMER_REAL, 0)
-
-    yield Limit
-    signal.signal(signal.SIGALRM, previous)
 
 
 # --- what a successful parse must give ------------------------------------------------------
@@ -424,10 +385,10 @@ def yaml_documents(canary: Path, keys: list[str]):
     )
 
 
-def _run_cases(test, outcomes: dict[str, int]) -> None:
-    """Run a hypothesis test function and check that CASES cases ran to the end."""
+def _run_cases(test, outcomes: dict[str, int], cases: int) -> None:
+    """Run a hypothesis test function and check that `cases` cases ran to the end."""
     test()
-    assert sum(outcomes.values()) >= CASES, outcomes
+    assert sum(outcomes.values()) >= cases, outcomes
 
 
 def _outcome(fn, errors, check, what):
@@ -492,73 +453,52 @@ def _parse_space_checked(spec, allowed):
     return parse_space(spec, allowed)
 
 
-@pytest.mark.slow
-def test_fuzzed_suite_configs(tmp_path, time_limit):
-    canary, outcomes = tmp_path / "CANARY", {"ok": 0, "error": 0}
-    bases = _suite_bases()
-    path = tmp_path / "suite.yaml"
-    documents = yaml_documents(canary, ["tasks", "optimizers", "steps"])
+# Run files: (parse, check of a parsed result, the configs mutated, file name, keys of the YAML).
+RUN_FILES = {
+    "suite": (parse_suite, check_suite, _suite_bases, "suite.yaml",
+              ["tasks", "optimizers", "steps"]),
+    "meta": (parse_meta_run, check_meta_run, _meta_bases, "meta.yaml",
+             ["optimizer", "tasks", "outer"]),
+}  # fmt: skip
 
-    @FUZZ
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", sorted(RUN_FILES))
+def test_fuzzed_run_files(tmp_path, time_limit, fuzz, kind):
+    parse, check, make_bases, name, keys = RUN_FILES[kind]
+    canary, outcomes = tmp_path / "CANARY", {"ok": 0, "error": 0}
+    bases = make_bases()
+    path = tmp_path / name
+    documents = yaml_documents(canary, keys)
+
+    @fuzz
     @given(st.data())
     def case(data):
         with time_limit():
             if data.draw(st.booleans()):
                 config = mutate(data, data.draw(st.sampled_from(bases)))
-                outcome = _outcome(lambda: parse_suite(config), CLI_ERRORS, check_suite, config)
+                outcome = _outcome(lambda: parse(config), CLI_ERRORS, check, config)
             else:
                 text = data.draw(documents)
                 path.write_bytes(text if isinstance(text, bytes) else text.encode())
-                outcome = _outcome(
-                    lambda: _load_and_parse(path, parse_suite), CLI_ERRORS, check_suite, text
-                )
+                outcome = _outcome(lambda: _load_and_parse(path, parse), CLI_ERRORS, check, text)
         outcomes[outcome] += 1
         assert not canary.exists(), "a YAML tag ran code"
 
-    _run_cases(case, outcomes)
+    _run_cases(case, outcomes, fuzz.max_examples)
     print(sum(outcomes.values()), "cases:", outcomes)
     assert min(outcomes.values()) >= 20, outcomes  # both outcomes are exercised
 
 
 @pytest.mark.slow
-def test_fuzzed_meta_configs(tmp_path, time_limit):
-    canary, outcomes = tmp_path / "CANARY", {"ok": 0, "error": 0}
-    bases = _meta_bases()
-    path = tmp_path / "meta.yaml"
-    documents = yaml_documents(canary, ["optimizer", "tasks", "outer"])
-
-    @FUZZ
-    @given(st.data())
-    def case(data):
-        with time_limit():
-            if data.draw(st.booleans()):
-                config = mutate(data, data.draw(st.sampled_from(bases)))
-                outcome = _outcome(
-                    lambda: parse_meta_run(config), CLI_ERRORS, check_meta_run, config
-                )
-            else:
-                text = data.draw(documents)
-                path.write_bytes(text if isinstance(text, bytes) else text.encode())
-                outcome = _outcome(
-                    lambda: _load_and_parse(path, parse_meta_run), CLI_ERRORS, check_meta_run, text
-                )
-        outcomes[outcome] += 1
-        assert not canary.exists(), "a YAML tag ran code"
-
-    _run_cases(case, outcomes)
-    print(sum(outcomes.values()), "cases:", outcomes)
-    assert min(outcomes.values()) >= 20, outcomes
-
-
-@pytest.mark.slow
-def test_fuzzed_search_spaces(tmp_path, time_limit):
+def test_fuzzed_search_spaces(tmp_path, time_limit, fuzz):
     canary, outcomes = tmp_path / "CANARY", {"ok": 0, "error": 0}
     bases = _space_bases()
     path = tmp_path / "space.yaml"
     documents = yaml_documents(canary, ["learning_rate", "b1", "type"])
     adam = list(optimizer_hparams("adam"))
 
-    @FUZZ
+    @fuzz
     @given(st.data(), st.sampled_from([None, adam]))
     def case(data, allowed):
         with time_limit():
@@ -578,7 +518,7 @@ def test_fuzzed_search_spaces(tmp_path, time_limit):
         outcomes[outcome] += 1
         assert not canary.exists(), "a YAML tag ran code"
 
-    _run_cases(case, outcomes)
+    _run_cases(case, outcomes, fuzz.max_examples)
     print(sum(outcomes.values()), "cases:", outcomes)
     assert min(outcomes.values()) >= 20, outcomes
 

@@ -8,7 +8,6 @@ network)."""
 from __future__ import annotations
 
 import json
-import signal
 import struct
 from pathlib import Path
 
@@ -16,26 +15,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from l2o.learned import get_learned, make_config
 from l2o.optimizer_file import OptimizerFileError, load_learned, save_learned
 
-CASES = 1000
-FUZZ = settings(
-    max_examples=CASES,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    phases=[Phase.explicit, Phase.generate, Phase.shrink],
-    suppress_health_check=[
-        HealthCheck.too_slow,
-        HealthCheck.data_too_large,
-        HealthCheck.function_scoped_fixture,
-    ],
-)
-SECONDS_PER_CASE = 10
 SMALL = {
     "learnable_adam": {},
     "mlp": {"hidden_sizes": [3]},
@@ -43,14 +28,6 @@ SMALL = {
     "hyper": {"lstm_size": 2, "num_mlps": 2, "mlp_hidden_sizes": [2]},
 }
 PARAMS = {"w": jnp.ones((3, 2)), "b": jnp.zeros(())}
-
-
-class CaseTimeout(BaseException):
-    """A single case ran too long."""
-
-
-def _alarm(signum, frame):
-    raise CaseTimeout(f"a case ran longer than {SECONDS_PER_CASE} s")
 
 
 def valid_files() -> dict[str, bytes]:
@@ -219,7 +196,7 @@ def check_loaded(optimizer, info) -> None:
 
 
 @pytest.mark.slow
-def test_fuzzed_optimizer_files(tmp_path):
+def test_fuzzed_optimizer_files(tmp_path, fuzz, time_limit):
     valid = valid_files()
     path = tmp_path / "opt.safetensors"
     outcomes = {"ok": 0, "error": 0}
@@ -230,30 +207,24 @@ def test_fuzzed_optimizer_files(tmp_path):
         mutations(valid),
         st.binary(max_size=300),
     )
-    previous = signal.signal(signal.SIGALRM, _alarm)
 
-    @FUZZ
+    @fuzz
     @given(files)
     def case(data):
         path.write_bytes(data)
-        signal.setitimer(signal.ITIMER_REAL, SECONDS_PER_CASE)
-        try:
-            optimizer, info = load_learned(path)
-        except OptimizerFileError as e:
-            message = str(e)
-            assert str(path) in message and "\n" not in message, message
-            outcomes["error"] += 1
-        else:
-            check_loaded(optimizer, info)
-            outcomes["ok"] += 1
-        finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
+        with time_limit():
+            try:
+                optimizer, info = load_learned(path)
+            except OptimizerFileError as e:
+                message = str(e)
+                assert str(path) in message and "\n" not in message, message
+                outcomes["error"] += 1
+            else:
+                check_loaded(optimizer, info)
+                outcomes["ok"] += 1
 
-    try:
-        case()
-    finally:
-        signal.signal(signal.SIGALRM, previous)
-    assert sum(outcomes.values()) >= CASES, outcomes  # cases that ran to the end
+    case()
+    assert sum(outcomes.values()) >= fuzz.max_examples, outcomes  # cases that ran to the end
     print(sum(outcomes.values()), "cases:", outcomes)
     assert min(outcomes.values()) >= 50, outcomes
 
@@ -267,7 +238,9 @@ def test_fuzzed_optimizer_files(tmp_path):
         ("lstm", {"hidden_size": 10**400}),
     ],
 )
-def test_configs_that_would_build_huge_networks_are_refused_quickly(tmp_path, name, config):
+def test_configs_that_would_build_huge_networks_are_refused_quickly(
+    tmp_path, time_limit, name, config
+):
     header = {
         "__metadata__": {
             "format": "l2o-learned-optimizer",
@@ -279,14 +252,8 @@ def test_configs_that_would_build_huge_networks_are_refused_quickly(tmp_path, na
     }
     path = tmp_path / "big.safetensors"
     path.write_bytes(join(header, b""))
-    previous = signal.signal(signal.SIGALRM, _alarm)
-    signal.setitimer(signal.ITIMER_REAL, SECONDS_PER_CASE)
-    try:
-        with pytest.raises(OptimizerFileError, match="big.safetensors"):
-            load_learned(path)
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+    with time_limit(), pytest.raises(OptimizerFileError, match="big.safetensors"):
+        load_learned(path)
 
 
 def test_nan_theta_is_refused_by_name(tmp_path):

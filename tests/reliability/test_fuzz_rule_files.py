@@ -13,7 +13,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from search.ops import OPS
@@ -21,19 +21,6 @@ from search.program import MAX_INSTRUCTIONS, MAX_REGISTERS, NUM_FIXED
 from search.programs_library import PROGRAMS, get_program
 from search.rule_file import MAX_FILE_BYTES, load_rule, save_rule
 
-CASES = 1000
-FUZZ = settings(
-    max_examples=CASES,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    phases=[Phase.explicit, Phase.generate, Phase.shrink],
-    suppress_health_check=[
-        HealthCheck.too_slow,
-        HealthCheck.data_too_large,
-        HealthCheck.function_scoped_fixture,
-    ],
-)
 PARAMS = {"w": jnp.ones((3, 2)), "b": jnp.zeros(())}
 
 
@@ -230,12 +217,12 @@ def documents(canary: Path):
 
 
 @pytest.mark.slow
-def test_fuzzed_rule_files(tmp_path):
+def test_fuzzed_rule_files(tmp_path, fuzz):
     canary = tmp_path / "CANARY"
     path = tmp_path / "rule.json"
     outcomes = {"ok": 0, "error": 0}
 
-    @FUZZ
+    @fuzz
     @given(documents(canary))
     def case(document):
         path.write_bytes(document if isinstance(document, bytes) else document.encode())
@@ -254,7 +241,7 @@ def test_fuzzed_rule_files(tmp_path):
         assert not canary.exists()
 
     case()
-    assert sum(outcomes.values()) >= CASES, outcomes  # cases that ran to the end
+    assert sum(outcomes.values()) >= fuzz.max_examples, outcomes  # cases that ran to the end
     print(sum(outcomes.values()), "cases:", outcomes)
     assert min(outcomes.values()) >= 50, outcomes
 
