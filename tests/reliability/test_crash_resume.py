@@ -182,7 +182,7 @@ def triggers(kind: str, reference: Path) -> list:
         for prefix in ["ckpt_", "meta_metrics", "events", "ckpt_"]:
             out.append(temp_file_trigger(prefix, rng.randint(1, len(saves) - 1)))
         for _ in range(TRIALS - len(out)):
-            j = rng.randint(0, len(saves) - 1)
+            j = rng.randint(0, len(saves) - 2)  # not after the last save: the run may end
             out.append(progress_trigger(events_files, j, rng.uniform(0, gap), "save"))
         return out
     if kind == "evolve":  # one events file per checkpoint
@@ -192,7 +192,7 @@ def triggers(kind: str, reference: Path) -> list:
             out.append(temp_file_trigger("evolve_", k))
         out += [temp_file_trigger("evolution.json", 1), temp_file_trigger("rule-", 1)]
         for _ in range(TRIALS - len(out)):
-            j = rng.randint(0, len(saves) - 1)
+            j = rng.randint(0, len(saves) - 2)  # not after the last save: the run may end
             out.append(progress_trigger(events_files, j, rng.uniform(0, gap), "save"))
         return out
     writes = len((reference / "study.journal").read_text().splitlines())
@@ -200,9 +200,9 @@ def triggers(kind: str, reference: Path) -> list:
         out.append(progress_trigger(journal_writes(), rng.randint(2, writes - 2), 0, "write"))
     seconds = float(json.loads((reference / "study.json").read_text())["timing"]["wall_time_s"])
     gap = seconds / writes
-    for _ in range(TRIALS - len(out)):
-        j = rng.randint(1, writes - 2)
-        out.append(progress_trigger(journal_writes(), j, rng.uniform(0, 20 * gap), "write"))
+    for _ in range(TRIALS - len(out)):  # in the first half, so the kill lands before the end
+        j = rng.randint(1, writes // 2)
+        out.append(progress_trigger(journal_writes(), j, rng.uniform(0, gap * writes / 8), "write"))
     return out
 
 
