@@ -8,7 +8,7 @@ import pytest
 from search.canonical import canonicalize, fingerprint_stream, probe_updates, structural_hash
 from search.encoding import encode_population
 from search.interpreter import population_losses
-from search.program import LR, NUM_FIXED, ONE, G, Instruction, Program, T, W
+from search.program import LR, NUM_FIXED, G, Instruction, Program, T, W
 from search.programs_library import adam
 from search.simplify import removals, simplify
 from tasks import get_task
@@ -18,26 +18,6 @@ R = NUM_FIXED + 2
 
 def i(op: str, out: int, *args: int, c: float = 0.0) -> Instruction:
     return Instruction(op, out, args, c)
-
-
-def padded_adam() -> Program:
-    """Adam plus instructions that change nothing: dead code, `clip(x, 1e6)`, `x (t / t)`,
-    `x + (g - g)`, `x * one`."""
-    base = adam()
-    body = list(base.instructions[:-1])  # ends with the direction in `base.update`
-    r1, r5, r6 = base.update, NUM_FIXED + 6, NUM_FIXED + 7
-    body += [
-        i("exp", r6, W),
-        i("const", r5, c=1e6),
-        i("clip", r1, r1, r5),
-        i("div", r5, T, T),
-        i("mul", r1, r5, r1),
-        i("sub", r6, G, G),
-        i("add", r1, r1, r6),
-        i("mul", r1, r1, ONE),
-        i("mul", r1, LR, r1),
-    ]
-    return Program(tuple(body), r1, base.new_state, num_registers=NUM_FIXED + 8)
 
 
 def ops_of(program: Program) -> list[str]:
@@ -86,8 +66,8 @@ def test_only_what_the_fitness_needs_stays():
     assert len(fitness.sizes) <= len(program.instructions)
 
 
-def test_tolerance_bounds_the_loss_of_fitness():
-    program = padded_adam()
+def test_tolerance_bounds_the_loss_of_fitness(padded_adam):
+    program = padded_adam
     start = len(canonicalize(program).instructions)
 
     def size(p):
@@ -100,12 +80,12 @@ def test_tolerance_bounds_the_loss_of_fitness():
     assert start - 2 <= len(pruned.instructions) < start
 
 
-def test_fitness_must_score_every_program():
+def test_fitness_must_score_every_program(padded_adam):
     with pytest.raises(ValueError, match="one number per program"):
-        simplify(padded_adam(), lambda programs: np.zeros(1))
+        simplify(padded_adam, lambda programs: np.zeros(1))
 
 
-def test_padding_is_pruned_back_to_adam_when_behaviour_is_the_fitness():
+def test_padding_is_pruned_back_to_adam_when_behaviour_is_the_fitness(padded_adam):
     """Fitness: distance of the updates from Adam's on a fixed stream; only exact no-ops go."""
     ws, gs = fingerprint_stream(8, 32, 0)
     target = probe_updates([adam()], ws, gs, 1e-2)[0]
@@ -114,12 +94,12 @@ def test_padding_is_pruned_back_to_adam_when_behaviour_is_the_fitness():
         updates = probe_updates(programs, ws, gs, 1e-2)
         return np.nan_to_num(np.abs(updates - target).mean(axis=(1, 2)), nan=np.inf)
 
-    simple = simplify(padded_adam(), distance)
+    simple = simplify(padded_adam, distance)
     assert structural_hash(simple) == structural_hash(adam())
 
 
 @pytest.mark.slow
-def test_padding_is_pruned_on_a_real_task():
+def test_padding_is_pruned_on_a_real_task(padded_adam):
     """Fitness: final train loss of 50 steps on `quadratic_k100`, the whole batch in one
     `population_losses` call (batches padded to one shape, so it compiles once)."""
     task = get_task("quadratic_k100")
@@ -132,7 +112,7 @@ def test_padding_is_pruned_on_a_real_task():
         out = population_losses(task, population, np.array([0.1]), np.array([0]), 50, tile=batch)
         return np.nan_to_num(out["train_loss"][: len(programs), 0, 0], nan=np.inf)
 
-    program = padded_adam()
+    program = padded_adam
     start = losses([program])[0]
     simple = simplify(program, losses, tolerance=1e-6 * start)
     assert len(simple.instructions) <= len(canonicalize(adam()).instructions)
