@@ -14,7 +14,8 @@ import optax
 from baselines import get_optimizer, optimizer_hparams
 from l2o import metrics
 from l2o.optimizer_file import load_optimizer
-from search.rule_file import DEFAULT_LEARNING_RATE, load_rule, read_rule
+from search.interpreter import program_transform
+from search.rule_file import default_learning_rate, read_rule
 from search.sweep import log_grid, population_sweep, select_best
 from tasks import Task, get_task
 
@@ -93,10 +94,9 @@ def optimizer_factory(spec: OptimizerSpec) -> tuple[Callable, float]:
         learned = load_optimizer(spec.file)
         return (lambda learning_rate: learned), float("nan")
     if spec.file.endswith(RULE_SUFFIX):
-        _, metadata = read_rule(spec.file)
-        load_rule(spec.file)  # fail fast on a rule without a usable learning rate
-        default = metadata.get("learning_rate", DEFAULT_LEARNING_RATE)
-        return (lambda learning_rate: load_rule(spec.file, learning_rate)), float(default)
+        program, metadata = read_rule(spec.file)  # read and checked once
+        default = default_learning_rate(spec.file, metadata)
+        return (lambda learning_rate: program_transform(program, learning_rate)), default
     if spec.file:
         raise ValueError(f"{spec.file}: optimizer files end in {RULE_SUFFIX} or {LEARNED_SUFFIX}")
     fixed = {k: v for k, v in spec.hparams.items() if k != "learning_rate"}

@@ -146,6 +146,21 @@ def load_program(path: str | os.PathLike) -> Program:
     return read_rule(path)[0]
 
 
+def default_learning_rate(path: str | os.PathLike, metadata: dict[str, Any]) -> float:
+    """The metadata's `learning_rate` (else 1e-3); ValueError unless a number in (0, max]."""
+    learning_rate = metadata.get("learning_rate", DEFAULT_LEARNING_RATE)
+    if (
+        isinstance(learning_rate, bool)
+        or not isinstance(learning_rate, int | float)
+        or not 0 < learning_rate <= MAX_LEARNING_RATE
+    ):
+        raise ValueError(
+            f"rule file {os.fspath(path)!r}: learning_rate must be a number in "
+            f"(0, {MAX_LEARNING_RATE:g}]"
+        )
+    return float(learning_rate)
+
+
 def load_rule(
     path: str | os.PathLike, learning_rate: optax.ScalarOrSchedule | None = None
 ) -> optax.GradientTransformationExtraArgs:
@@ -164,16 +179,7 @@ def load_rule(
 
     program, metadata = read_rule(path)
     if learning_rate is None:
-        learning_rate = metadata.get("learning_rate", DEFAULT_LEARNING_RATE)
-        if (
-            isinstance(learning_rate, bool)
-            or not isinstance(learning_rate, int | float)
-            or not 0 < learning_rate <= MAX_LEARNING_RATE
-        ):
-            raise ValueError(
-                f"rule file {os.fspath(path)!r}: learning_rate must be a number in "
-                f"(0, {MAX_LEARNING_RATE:g}]"
-            )
+        learning_rate = default_learning_rate(path, metadata)
     return program_transform(program, learning_rate)
 
 
