@@ -2,8 +2,11 @@
 
 import pytest
 
+from search.ops import OPS, SCALAR, TENSOR
 from search.program import LR, NUM_FIXED, ONE, G, Instruction, Program, T, W
 from search.programs_library import adam
+
+S1, R = NUM_FIXED, NUM_FIXED + 1
 
 
 @pytest.fixture
@@ -29,3 +32,27 @@ def padded_adam() -> Program:
         i("mul", r1, LR, r1),
     ]
     return Program(tuple(body), r1, base.new_state, num_registers=NUM_FIXED + 8)
+
+
+@pytest.fixture
+def one_op_program():
+    """`make(name)`: a program running op `name` once, on tensors (g, s1, w) or scalars (t, lr)
+    as it takes, then `u = lr * result` (`lr * result * g` for a scalar result) and an EMA of `g`
+    as state."""
+
+    def make(name: str) -> Program:
+        op = OPS[name]
+        tensors, scalars = [G, S1, W], [T, LR, T]
+        args = tuple(
+            scalars[i] if kind == SCALAR or (kind != TENSOR and i == 1) else tensors[i]
+            for i, kind in enumerate(op.operands)
+        )
+        kinds = [SCALAR if a in (LR, T) else TENSOR for a in args]
+        tensor_out = op.result == TENSOR or (op.result == "same" and TENSOR in kinds)
+        body = [Instruction(name, R, args, 0.3)]
+        if not tensor_out:
+            body.append(Instruction("scale", R, (R, G)))
+        body += [Instruction("mul", R, (LR, R)), Instruction("interp_c", S1, (S1, G), 0.1)]
+        return Program(tuple(body), update=R, new_state=(S1,))
+
+    return make

@@ -16,7 +16,7 @@ import pytest
 from search.export import LATEX, PYTHON, export_latex, export_markdown, export_python
 from search.interpreter import program_transform
 from search.ops import ANY, OPS, SCALAR, TENSOR, result_kind
-from search.program import CONSTANTS, INPUTS, LR, NUM_FIXED, G, Instruction, Program, T, W
+from search.program import CONSTANTS, INPUTS, LR, NUM_FIXED, G, Instruction, Program
 from search.programs_library import PROGRAMS, get_program
 
 S1 = NUM_FIXED
@@ -82,23 +82,6 @@ def random_program(rng: np.random.Generator, length: int) -> Program:
     return Program(tuple(insts), tensors[-1], (tensors[-2 % len(tensors)],), len(kinds))
 
 
-def one_op_program(name: str) -> Program:
-    """Op `name` on tensors (g, s1, w) or scalars (t, lr), then `u = lr * result` (times g for a
-    scalar result), with an EMA of `g` as state."""
-    op = OPS[name]
-    tensors, scalars = [G, S1, W], [T, LR, T]
-    args = tuple(
-        scalars[i] if kind == SCALAR or (kind != TENSOR and i == 1) else tensors[i]
-        for i, kind in enumerate(op.operands)
-    )
-    kinds = [SCALAR if a in (LR, T) else TENSOR for a in args]
-    body = [Instruction(name, R, args, 0.3)]
-    if not (op.result == TENSOR or (op.result == "same" and TENSOR in kinds)):
-        body.append(Instruction("scale", R, (R, G)))
-    body += [Instruction("mul", R, (LR, R)), Instruction("interp_c", S1, (S1, G), 0.1)]
-    return Program(tuple(body), update=R, new_state=(S1,))
-
-
 def test_every_op_has_a_jnp_and_a_latex_form():
     assert set(PYTHON) == set(OPS) == set(LATEX)
     for name, op in OPS.items():  # each template reads exactly the op's operands
@@ -122,7 +105,7 @@ def test_random_rules_round_trip(tmp_path):
         assert_round_trip(random_program(rng, 12), tmp_path, f"random_{n}", steps=8)
 
 
-def test_every_op_round_trips(tmp_path):
+def test_every_op_round_trips(tmp_path, one_op_program):
     for name in sorted(OPS):
         assert_round_trip(one_op_program(name), tmp_path, f"only_{name}", steps=4)
 

@@ -12,8 +12,8 @@ import pytest
 
 from search.encoding import encode_population
 from search.interpreter import LOOP_MAX_OPS, encoded_transform, program_transform, slot_ops
-from search.ops import OPS, SCALAR, TENSOR
-from search.program import LR, NUM_FIXED, G, Instruction, Program, T, W
+from search.ops import OPS
+from search.program import LR, NUM_FIXED, G, Instruction, Program, T
 from search.programs_library import get_program
 
 STEPS = 50
@@ -108,25 +108,7 @@ def test_encoded_population_equals_optax():
         assert error <= TOLERANCE, name
 
 
-def one_op_program(name: str) -> Program:
-    """A program running op `name` once, on tensors (g, s1, w) or scalars (t, lr) as it takes,
-    then `u = lr * result` (`lr * result * g` for a scalar result) and an EMA of `g` as state."""
-    op = OPS[name]
-    tensors, scalars = [G, S1, W], [T, LR, T]
-    args = tuple(
-        scalars[i] if kind == SCALAR or (kind != TENSOR and i == 1) else tensors[i]
-        for i, kind in enumerate(op.operands)
-    )
-    kinds = [SCALAR if a in (LR, T) else TENSOR for a in args]
-    tensor_out = op.result == TENSOR or (op.result == "same" and TENSOR in kinds)
-    body = [Instruction(name, R, args, 0.3)]
-    if not tensor_out:
-        body.append(Instruction("scale", R, (R, G)))
-    body += [Instruction("mul", R, (LR, R)), Instruction("interp_c", S1, (S1, G), 0.1)]
-    return Program(tuple(body), update=R, new_state=(S1,))
-
-
-def test_encoded_interpreter_equals_op_by_op_interpreter_on_every_op():
+def test_encoded_interpreter_equals_op_by_op_interpreter_on_every_op(one_op_program):
     """Every op, in the prologue (scalar operands) or the body, through both interpreters; the
     population's slot ops are passed unbatched, so slot 0 (~30 ops) computes all ops and the
     other slots loop over the few they hold."""
