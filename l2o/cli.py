@@ -140,7 +140,7 @@ def cmd_evaluate(args) -> int:
     from l2o.evaluate_command import run_evaluate_command, suite_from_flags
 
     overrides = {"steps": args.steps, "seeds": args.seeds, "reference": args.reference,
-                 "reference_steps": args.reference_steps}  # fmt: skip
+                 "reference_steps": args.reference_steps, "tune_on": args.tune_on}  # fmt: skip
     if args.lr_num is not None:
         overrides["lr_grid"] = {"low": args.lr_low, "high": args.lr_high, "num": args.lr_num}
     suite = suite_from_flags(args.config, args.tasks, args.optimizers, overrides)
@@ -240,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", help="optimizer the speedups are measured against (adam)")
     p.add_argument("--reference-steps", type=_positive_int,
                    help="run the reference this long (>= steps): speedups above 1")  # fmt: skip
+    p.add_argument("--tune-on", choices=("valid", "train"),
+                   help="choose LRs by final validation (default) or training loss")  # fmt: skip
     p.add_argument("--lr-num", type=_positive_int, help="learning rates in the tuning grid")
     p.add_argument("--lr-low", type=_positive_float, default=1e-7, help="smallest grid LR")
     p.add_argument("--lr-high", type=_positive_float, default=1.0, help="largest grid LR")

@@ -14,6 +14,7 @@ from baselines import list_optimizers, optimizer_hparams
 from l2o.evaluate import (
     LEARNED_SUFFIX,
     RULE_SUFFIX,
+    TUNE_ON,
     OptimizerSpec,
     Suite,
     TaskSpec,
@@ -201,7 +202,7 @@ def parse_optimizer(entry: Any, where: str) -> OptimizerSpec:
 
 
 SUITE_KEYS = {"tasks", "optimizers", "steps", "seeds", "lr_grid", "eval_every", "reference",
-              "reference_steps"}  # fmt: skip
+              "reference_steps", "tune_on"}  # fmt: skip
 
 
 def parse_suite(data: Mapping[str, Any], where: str = "config") -> Suite:
@@ -236,7 +237,10 @@ def parse_suite(data: Mapping[str, Any], where: str = "config") -> Suite:
         reference_steps=number(
             data.get("reference_steps", 0), f"{where}.reference_steps", integer=True, positive=False
         ),  # fmt: skip
+        tune_on=str(data.get("tune_on", "valid")),
     )
+    if suite.tune_on not in TUNE_ON:
+        raise UserError(f"{where}.tune_on: {suite.tune_on!r} is not one of {', '.join(TUNE_ON)}")
     if suite.reference_steps and (
         suite.reference_steps < suite.steps or suite.steps % suite.evaluation_interval
     ):

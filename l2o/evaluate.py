@@ -67,6 +67,7 @@ class Suite:
     eval_every: int = 0
     reference: str = "adam"
     reference_steps: int = 0
+    tune_on: str = "valid"
 
     @property
     def evaluation_interval(self) -> int:
@@ -85,6 +86,10 @@ class Suite:
 
 
 RULE_SUFFIX, LEARNED_SUFFIX = ".json", ".safetensors"
+TUNE_ON = ("valid", "train")
+"""What a learning rate is chosen by: the mean final validation loss, or the mean training loss
+over the budget's last `metrics.default_window` steps (the smoothed final training loss that
+speedups compare)."""
 
 
 def optimizer_factory(spec: OptimizerSpec) -> tuple[Callable, float]:
@@ -112,7 +117,8 @@ def optimizer_factory(spec: OptimizerSpec) -> tuple[Callable, float]:
 def evaluate_pair(task: Task, spec: OptimizerSpec, suite: Suite) -> dict[str, Any]:
     """All learning rates x seeds of one optimizer on one task as one call; the best LR's runs.
 
-    The learning rate minimising the mean final validation loss is selected; its per-seed
+    The learning rate minimising the mean final validation loss (or, with `suite.tune_on ==
+    "train"`, the smoothed final training loss) is selected; its per-seed
     training curves and evaluations are returned, with the validation loss of every LR. A
     reference that runs longer than `suite.steps` is still tuned and reported at `suite.steps`
     (its first steps are exactly those of a `suite.steps` run); its whole training curve is kept
@@ -132,7 +138,11 @@ def evaluate_pair(task: Task, spec: OptimizerSpec, suite: Suite) -> dict[str, An
     )
     within = np.flatnonzero(runs["eval_step"][0, 0] <= suite.steps)
     final_valid = runs["valid_loss"][:, :, within[-1]]
-    best = select_best(final_valid)
+    if suite.tune_on == "train":
+        window = metrics.default_window(suite.steps)
+        best = select_best(runs["train_loss"][:, :, suite.steps - window : suite.steps].mean(-1))
+    else:
+        best = select_best(final_valid)
     evaluations = {
         k: v[best][..., within] for k, v in runs.items() if k not in ("train_loss", "eval_step")
     }

@@ -34,13 +34,14 @@ def render_markdown(results: dict[str, Any]) -> str:
     """The markdown report of an evaluation (tables of per-task results, speedups, wins)."""
     suite, comparison = results["suite"], results["comparison"]
     reference = comparison["reference"]
+    tuned_on = "training loss" if suite.get("tune_on") == "train" else "validation loss"
     lines = [
         "# l2o evaluation",
         "",
         f"{len(results['tasks'])} tasks, {len(suite['optimizers'])} optimizers, "
         f"{suite['seeds']} seeds, {suite['steps']} steps. Tuned optimizers had their learning "
         f"rate chosen from {suite['lr_num']} values in [{suite['lr_low']:.0e}, "
-        f"{suite['lr_high']:.0e}] by the mean final validation loss, with the same step budget "
+        f"{suite['lr_high']:.0e}] by the mean final {tuned_on}, with the same step budget "
         "for every optimizer; test metrics are mean ± std over seeds.",
         "",
     ]

@@ -196,6 +196,39 @@ def test_a_longer_reference_is_tuned_at_the_budget_and_measures_speedups_above_o
     assert entry["reached"] and 2.0 < entry["speedup"] <= 4.0
 
 
+def test_tune_on_train_picks_the_lr_with_the_lowest_smoothed_final_training_loss(monkeypatch):
+    """Three LRs whose runs are made up: LR 0 has the best final validation loss, LR 1 the best
+    training loss early on, LR 2 the best training loss over the last 2% of the budget. "valid"
+    picks LR 0, "train" picks LR 2."""
+    steps, seeds = 100, 2
+    train = np.ones((3, seeds, steps), np.float32)
+    train[1, :, :90] = 0.1
+    train[2, :, -2:] = 0.5
+    valid = np.ones((3, seeds, 21), np.float32)
+    valid[0] = 0.2
+
+    def fake_sweep(task, make, members, seed_values, horizon, eval_every):
+        steps_at = np.broadcast_to(np.arange(0, steps + 1, eval_every), valid.shape)
+        return {"train_loss": train, "valid_loss": valid, "test_loss": valid, "eval_step": steps_at}
+
+    monkeypatch.setattr(evaluate, "population_sweep", fake_sweep)
+    grid = {"steps": steps, "seeds": seeds, "lr_num": 3, "lr_low": 1e-3, "lr_high": 1e-1}
+    chosen = {
+        tune_on: evaluate_pair(None, OptimizerSpec("sgd"), Suite((), (), tune_on=tune_on, **grid))
+        for tune_on in ("valid", "train")
+    }
+    assert chosen["valid"]["learning_rate"] == pytest.approx(1e-3)
+    assert chosen["train"]["learning_rate"] == pytest.approx(1e-1)
+    np.testing.assert_array_equal(chosen["train"]["train_loss"], train[2])
+
+
+def test_unknown_tune_on_is_rejected(tmp_path, capsys):
+    config = tmp_path / "suite.yaml"
+    config.write_text("tasks: [rosenbrock]\noptimizers: [adam]\ntune_on: test\n")
+    assert main(["evaluate", "--config", str(config), "--out", str(tmp_path / "out")]) == 2
+    assert "tune_on: 'test' is not one of valid, train" in capsys.readouterr().err
+
+
 def test_reference_steps_below_steps_is_rejected(tmp_path, capsys):
     config = tmp_path / "suite.yaml"
     config.write_text("tasks: [rosenbrock]\noptimizers: [adam]\nsteps: 100\nreference_steps: 50\n")
