@@ -26,7 +26,7 @@ import tasks  # noqa: E402
 from l2o.learned import LEARNED_OPTIMIZERS, get_learned  # noqa: E402
 
 # Extra configurations shown next to the defaults: name, architecture, config.
-VARIANTS = (("mlp hidden (8, 8)", "mlp", {"hidden_sizes": (8, 8)}),)
+VARIANTS = (("mlp hidden (32, 32)", "mlp", {"hidden_sizes": (32, 32)}),)
 
 
 def compiled_runs(task: tasks.Task, steps: int, variants: bool):

@@ -33,7 +33,7 @@ def main() -> None:
     args = parser.parse_args()
 
     task = get_task("digits_mlp", batch_size=128)
-    init_theta, transform = get_learned("mlp")
+    init_theta, transform = get_learned("mlp", hidden_sizes=(32, 32))
     theta = init_theta(jax.random.key(0))
     task_params = num_params(task.init(jax.random.key(0)))
     print(f"jax {jax.__version__}, {os.cpu_count()} cpus; task params {task_params}, "

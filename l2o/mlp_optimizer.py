@@ -21,7 +21,8 @@ class MLPConfig:
     """Sizes and constants of the per-parameter MLP optimizer.
 
     Attributes:
-      hidden_sizes: widths of the hidden layers (ReLU).
+      hidden_sizes: widths of the hidden layers (ReLU); (8, 8) gives 251 meta-parameters and a
+        step at about 2x Adam's; learned_optimization's small_fc_lopt uses (32, 32) (1,763).
       exp_mult: `alpha`, scales the log-magnitude output.
       step_mult: `beta`, scales the direction output.
       learning_rate: initial value of the learnable base step size `exp(theta["log_lr"])`.
@@ -30,7 +31,7 @@ class MLPConfig:
       horizon: the training length assumed when the caller passes no `num_steps`.
     """
 
-    hidden_sizes: tuple[int, ...] = (32, 32)
+    hidden_sizes: tuple[int, ...] = (8, 8)
     exp_mult: float = 1e-3
     step_mult: float = 1e-3
     learning_rate: float = 3e-3

@@ -19,12 +19,15 @@ from search.sweep import log_grid, lr_seed_sweep, select_best
 from tasks import get_task
 
 TASKS = ("digits_mlp", "mnist1d_mlp", "rosenbrock")
-OPTIMIZERS = ("sgd", "momentum", "adam")
+OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
 LEARNING_RATES = log_grid(1e-4, 1.0, 9)
 PRETRAINED = Path(__file__).parent / "pretrained"
-# The shipped meta-trained optimizer and discovered rule: (name, file).
+# The shipped meta-trained optimizer and discovered rules: (name, file).
 LEARNED = ("mlp_l2o", PRETRAINED / "mlp_digits.safetensors")
-RULE = ("evolved_rule", PRETRAINED / "evolved_sgd_seed1.json")
+RULES = (
+    ("evolved_sgd", PRETRAINED / "evolved_sgd_seed1.json"),
+    ("evolved_adamw", PRETRAINED / "evolved_adamw.json"),
+)
 
 
 def _contenders() -> list[tuple[str, Callable, np.ndarray]]:
@@ -35,7 +38,8 @@ def _contenders() -> list[tuple[str, Callable, np.ndarray]]:
     ]
     learned = load_optimizer(LEARNED[1])
     contenders.append((LEARNED[0], lambda lr: learned, np.array([np.nan], np.float32)))
-    contenders.append((RULE[0], lambda lr: load_rule(RULE[1], lr), LEARNING_RATES))
+    for name, path in RULES:
+        contenders.append((name, lambda lr, path=path: load_rule(path, lr), LEARNING_RATES))
     return contenders
 
 
@@ -56,10 +60,12 @@ def render_report(results: dict) -> str:
         "by the mean final validation loss, reported on the test split (mean ± std over seeds). "
         "mlp_l2o is the shipped meta-trained optimizer (l2o/pretrained/mlp_digits.safetensors, "
         "configs/meta_mlp_digits.yaml): it has no learning rate to tune; meta-trained on the "
-        "training loss, it drives that down fastest but overfits. evolved_rule is the "
-        "shipped update rule found by `l2o evolve` from SGD (l2o/pretrained/evolved_sgd_seed1.json"
-        ", configs/evolve_sgd.yaml with seed 1): a momentum rule, m <- 0.815 m + 0.185 lr g, "
-        "u = m.",
+        "training loss, it drives that down fastest but overfits. The evolved rules were found "
+        "by `l2o evolve`: evolved_sgd from SGD (l2o/pretrained/evolved_sgd_seed1.json, "
+        "configs/evolve_sgd.yaml with seed 1) is momentum, m <- 0.815 m + 0.185 lr g, u = m; "
+        "evolved_adamw from AdamW with one state slot (l2o/pretrained/evolved_adamw.json, "
+        "configs/evolve_adamw.yaml) divides the norm-clipped gradient by the root of a running "
+        "mean of g^2, with no momentum.",
         "",
         "| task | optimizer | best lr | final train loss | test loss | test accuracy |",
         "| --- | --- | --- | --- | --- | --- |",

@@ -258,12 +258,12 @@ def test_registry_rejects_unknown_names_and_config():
         get_learned("lstm", hidden_size=2.5)
     with pytest.raises(ValueError, match="base_decay"):
         get_learned("mlp", base_decay=0.7)
-    assert make_config("mlp", hidden_sizes=[8, 8]).hidden_sizes == (8, 8)
+    assert make_config("mlp", hidden_sizes=[16, 4]).hidden_sizes == (16, 4)
 
 
 def test_meta_parameter_counts():
     counts = {n: sum(x.size for x in jax.tree.leaves(learned(n)[2])) for n in NAMES}
-    assert counts == {"hyper": 5226, "learnable_adam": 4, "lstm": 5142, "mlp": 1763}
+    assert counts == {"hyper": 5226, "learnable_adam": 4, "lstm": 5142, "mlp": 251}
     for name in NAMES:
         assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(learned(name)[2]))
 
