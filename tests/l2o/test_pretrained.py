@@ -1,4 +1,5 @@
-"""The shipped meta-trained optimizer: it loads as a plain optax transform and trains."""
+"""The shipped meta-trained optimizer and evolved rule: they load as plain optax transforms and
+train."""
 
 from pathlib import Path
 
@@ -7,6 +8,8 @@ import numpy as np
 import optax
 
 import l2o
+from search import load_rule
+from search.rule_file import read_rule
 from tasks import get_task, train
 
 PRETRAINED = Path(l2o.__file__).parent / "pretrained"
@@ -26,3 +29,24 @@ def test_shipped_optimizer_beats_default_adam_on_its_training_family():
     ours = final_loss(learned)
     adams = np.stack([final_loss(optax.adam(lr)) for lr in (1e-3, 3e-3, 1e-2)])
     assert np.all(np.isfinite(ours)) and np.all(ours < adams.min(0))
+
+
+def test_shipped_evolved_rule_has_one_state_slot_and_beats_adamw_on_its_proxy():
+    """The rule evolved from AdamW keeps one state slot and, on 8 held-out seeds of its proxy's
+    digits MLP (64-16-10, 200 steps), reaches a lower mean validation loss than AdamW at the
+    best of three learning rates around AdamW's tuned one (0.138 against 0.161 when written)."""
+    path = PRETRAINED / "evolved_adamw.json"
+    program, metadata = read_rule(path)
+    assert len(program.new_state) == 1 and metadata["passed_funnel"]
+    task = get_task("digits_mlp", hidden=(16,))
+    keys = jax.random.split(jax.random.key(321), 8)
+
+    def mean_final_valid(optimizer):
+        run = jax.vmap(
+            lambda k: train(task, optimizer, 200, k, eval_every=200)[1]["valid_loss"][-1]
+        )
+        return float(np.mean(jax.jit(run)(keys)))
+
+    ours = mean_final_valid(load_rule(path, 3e-3))
+    adamw = min(mean_final_valid(optax.adamw(lr)) for lr in (3e-3, 1e-2, 3e-2))
+    assert np.isfinite(ours) and ours < adamw, (ours, adamw)
