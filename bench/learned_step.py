@@ -23,7 +23,7 @@ import jax  # noqa: E402
 import optax  # noqa: E402
 
 import tasks  # noqa: E402
-from l2o.learned import LEARNED_OPTIMIZERS, get_learned  # noqa: E402
+from l2o.optimizers.registry import LEARNED_OPTIMIZERS, get_learned  # noqa: E402
 
 # Extra configurations shown next to the defaults: name, architecture, config.
 VARIANTS = (("mlp hidden (32, 32)", "mlp", {"hidden_sizes": (32, 32)}),)

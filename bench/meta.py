@@ -3,9 +3,10 @@
 Run from the repository root: python -m bench.meta [--outer-steps 20]
 
 Workload: 8 tasks, each an MLP 64-32-10 (ReLU) on the 8x8x1 digits with batch 128 (2,410
-parameters, softmax cross-entropy); the per-parameter MLP learned optimizer (`l2o.learned`
-"mlp"); PES with 50-step truncations, sigma 0.01, one antithetic pair per task, inner runs of
-200 steps with staggered restarts. Inner steps are counted as tasks x truncation x 2.
+parameters, softmax cross-entropy); the per-parameter MLP learned optimizer
+(`l2o.optimizers.registry` "mlp"); PES with 50-step truncations, sigma 0.01, one antithetic
+pair per task, inner runs of 200 steps with staggered restarts. Inner steps are counted as
+tasks x truncation x 2.
 Prints inner steps per second after compilation, and the first outer step's time (compilation
 included).
 """
@@ -18,10 +19,11 @@ import time
 
 import jax
 
-from l2o.learned import get_learned
-from l2o.meta_gradients import EstimatorConfig
-from l2o.meta_objective import MetaObjective
-from l2o.meta_train import OuterConfig, make_meta_trainer
+from l2o.meta.estimators import EstimatorConfig
+from l2o.meta.objective import MetaObjective
+from l2o.meta.trainer import make_meta_trainer
+from l2o.meta.types import OuterConfig
+from l2o.optimizers.registry import get_learned
 from tasks import get_task, num_params
 
 

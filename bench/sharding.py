@@ -40,10 +40,11 @@ def worker(outer_steps: int) -> dict[str, float]:
     import jax
 
     from bench.search import MAX_LEN, NUM_STATE, population
-    from l2o.learned import get_learned
-    from l2o.meta_gradients import EstimatorConfig
-    from l2o.meta_objective import MetaObjective
-    from l2o.meta_train import OuterConfig, make_meta_trainer
+    from l2o.meta.estimators import EstimatorConfig
+    from l2o.meta.objective import MetaObjective
+    from l2o.meta.trainer import make_meta_trainer
+    from l2o.meta.types import OuterConfig
+    from l2o.optimizers.registry import get_learned
     from search.encoding import encode_population
     from search.interpreter import population_losses
     from tasks import get_task

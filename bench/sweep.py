@@ -6,7 +6,7 @@ Run from the repository root: python -m bench.sweep [--steps 2000] [--full | --f
    call (`search.population_sweep`) vs the same 45 runs one at a time (one compiled
    `tasks.train`, called 45 times); wall time of each, compilation included, and the ratio.
 2. With --full (or --full-only, skipping 1): the whole baseline sweep of the suite (its
-   optimizers, 15 LRs, 3 seeds, its steps) through `l2o.evaluate.evaluate_suite`, as
+   optimizers, 15 LRs, 3 seeds, its steps) through `l2o.evaluation.harness.evaluate_suite`, as
    `l2o evaluate` runs it; wall time and CPU time (the wall time on an otherwise idle machine
    is at most the CPU time, whatever else shares the cores during the measurement).
 """
@@ -23,8 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from l2o.config import load_yaml, parse_suite
-from l2o.evaluate import evaluate_suite
+from l2o.cli.config import load_yaml, parse_suite
+from l2o.evaluation.harness import evaluate_suite
 from search.sweep import population_sweep
 from tasks import get_task, train
 

@@ -11,12 +11,12 @@ if TYPE_CHECKING:
 
 
 def load_optimizer(path: str | os.PathLike) -> optax.GradientTransformationExtraArgs:
-    """The meta-trained optimizer stored at `path` (see `l2o.optimizer_file`).
+    """The meta-trained optimizer stored at `path` (see `l2o.optimizers.file_format`).
 
     Raises a ValueError naming the file if it is missing, malformed or does not match its
     architecture.
     """
-    from l2o.optimizer_file import load_optimizer as load
+    from l2o.optimizers.file_format import load_optimizer as load
 
     return load(path)
 

@@ -108,12 +108,29 @@ def evaluate_splits(
     return out
 
 
+def _defines_evaluation_params(node) -> bool:
+    return callable(getattr(node, "evaluation_params", None))
+
+
+def evaluation_params(params: Params, opt_state: optax.OptState) -> Params:
+    """The weights to evaluate: `params`, unless a node of `opt_state` defines
+    `evaluation_params(params)`, as schedule-free methods do (they take gradients at an
+    interpolation y and evaluate the average x; Defazio et al. 2024)."""
+    nodes = jax.tree.leaves(opt_state, is_leaf=_defines_evaluation_params)
+    found = [node for node in nodes if _defines_evaluation_params(node)]
+    if len(found) > 1:
+        raise ValueError(f"{len(found)} optimizer states name the weights to evaluate; expected 1")
+    return found[0].evaluation_params(params) if found else params
+
+
 def evaluate_state(
     task: Task, state: TrainState, run_key: jax.Array, splits: Sequence[str] = EVAL_SPLITS
 ) -> dict[str, jax.Array]:
-    """`evaluate_splits` of `state.params` with the evaluation key of its step, plus `eval_step`."""
+    """`evaluate_splits` of the state's `evaluation_params` with the evaluation key of its step,
+    plus `eval_step`."""
     _, _, eval_key = step_keys(run_key, state.step)
-    return {**evaluate_splits(task, state.params, eval_key, splits), "eval_step": state.step}
+    params = evaluation_params(state.params, state.opt_state)
+    return {**evaluate_splits(task, params, eval_key, splits), "eval_step": state.step}
 
 
 def unroll(

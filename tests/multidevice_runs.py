@@ -12,9 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from l2o.meta_gradients import EstimatorConfig
-from l2o.meta_objective import MetaObjective
-from l2o.meta_train import OuterConfig, make_meta_trainer
+from l2o.meta.estimators import EstimatorConfig
+from l2o.meta.objective import MetaObjective
+from l2o.meta.trainer import make_meta_trainer
+from l2o.meta.types import OuterConfig
 from search.encoding import encode_population
 from search.interpreter import population_losses
 from search.programs_library import get_program

@@ -30,7 +30,7 @@ import numpy as np
 import pytest
 import yaml
 
-from l2o import checkpoint
+from l2o.meta import checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 TRIALS = 10
@@ -54,7 +54,7 @@ if sys.argv[1] == "tune":
         return report(self, value, step)
 
     Trial.report = slow_report
-from l2o.cli import main
+from l2o.cli.main import main
 sys.exit(main(sys.argv[1:]))
 """
 SPACE = "learning_rate: {type: log_uniform, low: 1.0e-3, high: 1.0}\n"

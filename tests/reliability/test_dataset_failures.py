@@ -14,7 +14,7 @@ import urllib.request
 
 import pytest
 
-from l2o.cli import main
+from l2o.cli.main import main
 from tasks import OFFLINE_TASKS, classification, data_files, image_datasets, text_datasets
 from tasks.data_files import DatasetError
 

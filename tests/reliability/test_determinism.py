@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from l2o.cli import build_parser
+from l2o.cli.main import build_parser
 
 REPO = Path(__file__).resolve().parents[2]
 SPACE = "learning_rate: {type: log_uniform, low: 1.0e-3, high: 0.1}\n"
@@ -47,10 +47,11 @@ COMMANDS = {
 NOT_COMPUTING = ("tasks", "optimizers", "report")
 # Commands whose outputs record no run (export-rule writes code and text of a rule file).
 NOT_RECORDING = ("export-rule",)
-TIMING_KEYS = {"wall_time_s", "compile_time_s", "run_time_s", "timing", "date"}
+TIMING_KEYS = {"wall_time_s", "compile_time_s", "run_time_s", "timing", "date", "seconds_per_step",
+               "wall_clock_speedup", "seconds"}  # fmt: skip
 DRIVER = """
 import json, sys
-from l2o.cli import main
+from l2o.cli.main import main
 import time
 codes, seconds = [], []
 for argv in json.loads(sys.argv[1]):

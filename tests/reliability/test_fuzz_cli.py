@@ -29,8 +29,8 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from l2o import checkpoint
-from l2o.cli import build_parser, main
+from l2o.cli.main import build_parser, main
+from l2o.meta import checkpoint
 from search.programs_library import get_program
 from search.rule_file import save_rule
 from tasks import init_state, train_step
@@ -80,13 +80,14 @@ def _one_step(task, optimizer_of, *args):
 
 def stand_ins(monkeypatch) -> None:
     """Replace each command's training by a stand-in that checks its inputs and stops."""
-    import l2o.evaluate_command
-    import l2o.meta_train_command
-    import l2o.quickstart
-    import l2o.train_command
-    import l2o.tune_command
+    import l2o.cli.evaluate
+    import l2o.cli.export
+    import l2o.cli.meta_train
+    import l2o.cli.quickstart
+    import l2o.cli.train
+    import l2o.cli.tune
     import search.evolution
-    from l2o.evaluate import optimizer_factory
+    from l2o.evaluation.harness import optimizer_factory
     from search.interpreter import program_transform
     from search.objective import with_fixed
     from tasks import get_task
@@ -118,7 +119,7 @@ def stand_ins(monkeypatch) -> None:
                 _one_step(task, make, jnp.float32(lr))
         raise Reached
 
-    real_plan = l2o.tune_command._plan
+    real_plan = l2o.cli.tune._plan
 
     def plan(method, space, *args):
         total, _ = real_plan(method, space, *args)
@@ -166,16 +167,17 @@ def stand_ins(monkeypatch) -> None:
 
         return types.SimpleNamespace(init=init, step=step, finish=step)
 
-    monkeypatch.setattr(l2o.train_command, "train_in_chunks", train)
-    monkeypatch.setattr(l2o.evaluate_command, "evaluate_suite", evaluate)
-    monkeypatch.setattr(l2o.tune_command, "_plan", plan)
-    monkeypatch.setattr(l2o.meta_train_command, "make_meta_trainer", meta_trainer)
-    monkeypatch.setattr(l2o.quickstart, "lr_seed_sweep", sweep)
+    monkeypatch.setattr(l2o.cli.train, "train_in_chunks", train)
+    monkeypatch.setattr(l2o.cli.evaluate, "evaluate_suite", evaluate)
+    monkeypatch.setattr(l2o.cli.tune, "_plan", plan)
+    monkeypatch.setattr(l2o.cli.meta_train, "make_meta_trainer", meta_trainer)
+    monkeypatch.setattr(l2o.cli.export, "make_meta_trainer", meta_trainer)
+    monkeypatch.setattr(l2o.cli.quickstart, "lr_seed_sweep", sweep)
     monkeypatch.setattr(search.evolution, "make_evolution", make_evolution)
 
 
 def run_cli(argv: list[str]) -> tuple[int | str, str, str]:
-    """`(exit code or "reached", stdout, stderr)` of `l2o.cli.main(argv)`."""
+    """`(exit code or "reached", stdout, stderr)` of `l2o.cli.main.main(argv)`."""
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
@@ -188,7 +190,7 @@ def run_cli(argv: list[str]) -> tuple[int | str, str, str]:
 
 
 def subcommands() -> dict:
-    """Subcommand name -> its parser, as `l2o.cli.build_parser` defines them."""
+    """Subcommand name -> its parser, as `l2o.cli.main.build_parser` defines them."""
     parser = build_parser()
     (action,) = [a for a in parser._actions if a.dest == "command"]
     return dict(action.choices)

@@ -1,4 +1,4 @@
-"""Fuzzed YAML run files: evaluation suites (`l2o.config.parse_suite`), meta-training runs
+"""Fuzzed YAML run files: evaluation suites (`l2o.cli.config.parse_suite`), meta-training runs
 (`parse_meta_run`) and search spaces (`search.spaces.parse_space`), each from random YAML text and
 bytes and from structured mutations of the shipped configs. Every case either parses into a
 well-typed config or raises the error the `l2o` command reports in one line; no YAML tag ever
@@ -18,11 +18,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from baselines import list_optimizers, optimizer_hparams
-from l2o.config import load_yaml, parse_meta_run, parse_suite
+from l2o.cli.config import load_yaml, parse_meta_run, parse_suite
 from l2o.io import UserError
-from l2o.learned import LEARNED_OPTIMIZERS, make_config
-from l2o.meta_gradients import ESTIMATORS, POPULATION_STRATEGIES
-from l2o.meta_objective import OBJECTIVES
+from l2o.meta.estimators import ESTIMATORS, POPULATION_STRATEGIES
+from l2o.meta.objective import OBJECTIVES
+from l2o.optimizers.registry import LEARNED_OPTIMIZERS, make_config
 from search.spaces import TYPES, parse_space
 from tasks import UnknownNameError, list_tasks
 

@@ -1,5 +1,5 @@
-"""Fuzzed learned-optimizer files through `l2o.optimizer_file.load_learned`: random bytes, and
-valid files of every architecture mutated (truncated, a header length that lies, wrong dtypes,
+"""Fuzzed learned-optimizer files through `l2o.optimizers.file_format.load_learned`: random bytes,
+and valid files of every architecture mutated (truncated, a header length that lies, wrong dtypes,
 shapes and offsets, unknown architectures and config values, NaN or inf in theta, flipped and
 appended bytes). Every case ends in an optimizer whose update traces and whose theta is finite,
 or in a one-line ValueError naming the file, quickly (no config can make the loader build a huge
@@ -18,8 +18,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from l2o.learned import get_learned, make_config
-from l2o.optimizer_file import OptimizerFileError, load_learned, save_learned
+from l2o.optimizers.file_format import OptimizerFileError, load_learned, save_learned
+from l2o.optimizers.registry import get_learned, make_config
 
 SMALL = {
     "learnable_adam": {},

@@ -11,11 +11,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from l2o.cli import main
-from l2o.learned import get_learned
-from l2o.meta_gradients import EstimatorConfig
-from l2o.meta_objective import MAX_META_LOSS, MetaObjective
-from l2o.meta_train import OuterConfig, make_meta_trainer
+from l2o.cli.main import main
+from l2o.meta.estimators import EstimatorConfig
+from l2o.meta.objective import MAX_META_LOSS, MetaObjective
+from l2o.meta.trainer import make_meta_trainer
+from l2o.meta.types import OuterConfig
+from l2o.optimizers.registry import get_learned
 from search.objective import PENALTY
 from tasks import Task
 
@@ -79,7 +80,7 @@ def test_meta_train_with_a_diverging_population_reports_the_penalized_share(tmp_
     assert all(0 <= r["penalized"] <= 1 and np.isfinite(r["meta_loss"]) for r in rows)
     import l2o
 
-    _, info = l2o.optimizer_file.load_learned(out / "optimizer.safetensors")  # finite theta
+    _, info = l2o.optimizers.file_format.load_learned(out / "optimizer.safetensors")  # finite theta
     assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(info["theta"]))
 
 

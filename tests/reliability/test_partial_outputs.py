@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from l2o.cli import main
+from l2o.cli.main import main
 
 TRAIN = ["train", "--task", "rosenbrock", "--optimizer", "adam", "--steps", "4"]
 

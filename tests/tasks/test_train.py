@@ -9,6 +9,7 @@ import optax
 import pytest
 
 from tasks import get_task, init_state, train, unroll
+from tasks.train import evaluation_params
 
 STEPS = 40
 
@@ -132,3 +133,31 @@ def test_a_task_passed_to_jit_does_not_bake_its_data_into_the_program():
     closed_over = jax.jit(lambda k: train(task, optimizer, 5, k)).lower(jax.random.key(0))
     data_bytes = sum(x.nbytes for x in jax.tree.leaves(task.data))
     assert len(as_argument.as_text()) < data_bytes / 4 < len(closed_over.as_text())
+
+
+def test_an_optimizer_state_can_name_the_weights_to_evaluate():
+    """A state node with `evaluation_params` (schedule-free methods) is evaluated there; any
+    other state evaluates the trained params, and training itself is unchanged."""
+
+    class ShiftedState(NamedTuple):
+        count: jax.Array
+
+        def evaluation_params(self, params):
+            return jax.tree.map(lambda p: p + 100.0, params)
+
+    shifted = optax.GradientTransformation(
+        lambda params: ShiftedState(jnp.zeros([], jnp.int32)),
+        lambda updates, state, params=None: (updates, ShiftedState(state.count + 1)),
+    )
+    params = {"w": jnp.ones(3)}
+    assert evaluation_params(params, optax.sgd(0.1).init(params)) is params
+    chained = optax.chain(optax.sgd(0.1), shifted)
+    np.testing.assert_array_equal(
+        evaluation_params(params, chained.init(params))["w"], np.full(3, 101.0)
+    )
+    task = get_task("quadratic_k100")
+    key = jax.random.key(0)
+    plain = train(task, optax.sgd(1e-3), 10, key, eval_every=5)[1]
+    moved = train(task, optax.chain(optax.sgd(1e-3), shifted), 10, key, eval_every=5)[1]
+    np.testing.assert_array_equal(plain["train_loss"], moved["train_loss"])
+    assert np.all(moved["valid_loss"] > 10 * plain["valid_loss"])

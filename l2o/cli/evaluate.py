@@ -1,0 +1,101 @@
+"""`l2o evaluate` (optimizers x tasks x seeds, tuned, compared, reported) and `l2o report`."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.progress import Progress
+
+from l2o.cli.builders import versions
+from l2o.cli.config import load_yaml, parse_suite
+from l2o.cli.distributed import is_writer, on_writer
+from l2o.cli.progress import progress_bar
+from l2o.evaluation.harness import evaluate_suite
+from l2o.evaluation.report import write_report
+from l2o.io import UserError, check_writable_dir, read_json, write_json_atomic
+
+
+def suite_from_flags(
+    config: Path | None, tasks: str | None, optimizers: str | None, overrides: dict[str, Any]
+):
+    """The Suite of a config file and/or flags (flags win); validated before any work."""
+    data = load_yaml(config) if config else {}
+    if tasks:
+        data["tasks"] = [t for t in tasks.split(",") if t]
+    if optimizers:
+        data["optimizers"] = [o for o in optimizers.split(",") if o]
+    for key, value in overrides.items():
+        if key == "lr_grid" and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}  # flags set some grid keys, the config the rest
+        elif value is not None:
+            data[key] = value
+    if not data.get("tasks") or not data.get("optimizers"):
+        raise UserError("give --config FILE, or both --tasks and --optimizers")
+    return parse_suite(data, str(config) if config else "flags")
+
+
+def check_suite_runs(suite) -> None:
+    """Build every task and trace one step of every optimizer on it (no compilation), so bad
+    task options or hyperparameters fail as a UserError before any work."""
+    from l2o.cli.builders import build_task, check_step
+    from l2o.evaluation.harness import optimizer_factory
+
+    for task_spec in suite.tasks:
+        task = build_task(task_spec.name, dict(task_spec.options))
+        for spec in suite.optimizers:
+            make, lr = optimizer_factory(spec)
+            check_step(
+                task, lambda key, make=make, lr=lr: make(lr), f"{spec.key} on {task_spec.key}"
+            )
+
+
+def run_evaluate_command(suite, out: Path) -> int:
+    """Evaluate `suite`; write results.json, report.md, plots and TensorBoard events to `out`.
+
+    With several processes (`l2o.cli.distributed`), every process computes and process 0 writes.
+    """
+    check_suite_runs(suite)
+    writer = is_writer()
+    out = on_writer(lambda: check_writable_dir(out)) or out
+    t0 = time.perf_counter()
+    pairs = len(suite.tasks) * len(suite.optimizers)
+    with progress_bar() if writer else Progress(disable=True) as bar:
+        job = bar.add_task("evaluate", total=pairs)
+
+        def on_pair(task, optimizer):
+            bar.update(job, advance=1, description=f"evaluate (done: {task} / {optimizer})")
+
+        results_by_task = evaluate_suite(suite, on_pair=on_pair)
+    if not writer:
+        return 0
+    results = {
+        "command": "evaluate",
+        "suite": dataclasses.asdict(suite),
+        "seeds": list(range(suite.seeds)),  # the training seeds of every configuration
+        "tasks": results_by_task,
+        "wall_time_s": time.perf_counter() - t0,
+        "versions": versions(),
+    }
+    write_report(out, results)
+    write_json_atomic(out / "results.json", results)
+    print(f"evaluated {pairs} optimizer x task pairs in {results['wall_time_s']:.0f} s: "
+          f"{out / 'report.md'}")  # fmt: skip
+    return 0
+
+
+def run_report_command(directory: Path) -> int:
+    """Re-render `report.md` and the plots of an evaluation from its `results.json`."""
+    results = read_json(Path(directory) / "results.json")
+    if not isinstance(results, dict) or results.get("command") != "evaluate":
+        raise UserError(f"{directory}/results.json is not the result of `l2o evaluate`")
+    try:
+        write_report(Path(directory), results, tensorboard=False)
+    except (KeyError, TypeError, ValueError, IndexError) as e:
+        raise UserError(
+            f"{directory}/results.json is malformed ({type(e).__name__}: {e})"
+        ) from None
+    print(f"report written to {Path(directory) / 'report.md'}")
+    return 0

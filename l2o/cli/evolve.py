@@ -1,0 +1,251 @@
+"""`l2o evolve`: evolve a symbolic update rule with progress, TensorBoard, checksummed checkpoints
+and exact resume after a kill (Chen et al. 2023, "Symbolic Discovery of Optimization
+Algorithms")."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.progress import Progress
+
+from l2o.cli.builders import versions
+from l2o.cli.config import load_yaml
+from l2o.cli.distributed import is_writer, on_writer
+from l2o.cli.evolve_config import EvolveRun, parse_evolve_run
+from l2o.cli.progress import progress_bar
+from l2o.io import (
+    UserError,
+    check_writable_dir,
+    remove_stale_temp_files,
+    write_bytes_atomic,
+    write_json_atomic,
+    write_scalars,
+)
+
+CHECKPOINT = re.compile(r"evolve_(\d{8})\.json$")
+CHECKPOINT_HEADER = "l2o-evolve-checkpoint 1 sha256="
+KEEP_CHECKPOINTS = 3
+
+
+def _config_digest(data: dict) -> str:
+    """What must not change across a resume: the config without `generations`."""
+    fixed = {k: v for k, v in data.items() if k != "generations"}
+    return hashlib.sha256(json.dumps(fixed, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def list_checkpoints(directory: Path) -> list[Path]:
+    """Evolution checkpoints in `directory`, oldest first."""
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir() if CHECKPOINT.fullmatch(p.name))
+
+
+def save_checkpoint(directory: Path, generation: int, payload: dict) -> Path:
+    """`payload` as checksummed JSON, atomically; keeps the newest `KEEP_CHECKPOINTS` files."""
+    text = json.dumps(payload, allow_nan=False)
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    path = write_bytes_atomic(
+        directory / f"evolve_{generation:08d}.json", f"{CHECKPOINT_HEADER}{digest}\n{text}".encode()
+    )
+    for old in list_checkpoints(directory)[:-KEEP_CHECKPOINTS]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A checkpoint's payload; ValueError if it is torn or corrupt."""
+    try:
+        header, _, text = path.read_bytes().decode().partition("\n")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path.name}: unreadable ({type(e).__name__})") from None
+    if not header.startswith(CHECKPOINT_HEADER):
+        raise ValueError(f"{path.name}: not an evolution checkpoint")
+    if hashlib.sha256(text.encode()).hexdigest() != header[len(CHECKPOINT_HEADER) :]:
+        raise ValueError(f"{path.name}: checksum mismatch (torn or corrupt file)")
+    return json.loads(text)
+
+
+def load_latest_checkpoint(directory: Path) -> tuple[dict, list[str]]:
+    """The newest checkpoint that loads, and why newer ones were skipped."""
+    skipped = []
+    for path in reversed(list_checkpoints(directory)):
+        try:
+            return load_checkpoint(path), skipped
+        except ValueError as e:
+            skipped.append(str(e))
+    raise UserError(f"no usable checkpoint in {directory} ({'; '.join(skipped)})")
+
+
+def _split_metrics(metrics: dict) -> tuple[dict, dict]:
+    """(deterministic metrics, timing metrics): only the first must match after a resume."""
+    from search.evolution import TIMING_METRICS
+
+    timing = {k: v for k, v in metrics.items() if k in TIMING_METRICS}
+    rest = {k: v for k, v in metrics.items() if k not in TIMING_METRICS}
+    timing["generation"] = metrics["generation"]
+    return rest, timing
+
+
+def _scalars(rows: list[dict]) -> dict:
+    out: dict[str, tuple[list, list]] = {}
+    for row in rows:
+        for name, value in row.items():
+            if name != "generation" and isinstance(value, int | float) and value is not None:
+                steps, values = out.setdefault(f"evolve/{name}", ([], []))
+                steps.append(row["generation"])
+                values.append(float(value))
+    return out
+
+
+def _rule_metadata(run: EvolveRun, data: dict, state: dict) -> tuple[Any, dict]:
+    """The best program and its rule-file metadata (deterministic: no timing)."""
+    import numpy as np
+
+    from search.canonical import canonicalize
+    from search.evolution import best_program
+    from search.rediscovery import rediscovery_similarity
+
+    program, passed = best_program(state)
+    program = canonicalize(program)  # the same rule, without dead code, registers renumbered
+    key = state["accepted"]["key"] if passed else state["hall_of_fame"][0]["key"]
+    proxy_record = state["cache"][key]
+    if passed:
+        lr = run.funnel.learning_rates[int(np.median(state["accepted"]["funnel_lr_index"]))]
+    else:
+        lr = run.proxy.learning_rates[int(np.median(proxy_record["lr_index"]))]
+    funnel_record = state["funnel"].get(key)
+    similarities = {k: float(v) for k, v in rediscovery_similarity(program).items()}
+    closest = max(similarities, key=similarities.get)  # as search.rediscovery.closest_reference
+    metadata = {
+        "learning_rate": float(lr),
+        "fitness": proxy_record["fitness"],
+        "passed_funnel": passed,
+        "reference": run.reference,
+        "proxy": {
+            "tasks": list(run.proxy.names),
+            "steps": run.proxy.num_steps,
+            "tuned_valid_loss": proxy_record["losses"],
+            "reference_tuned_valid_loss": state["reference"]["proxy"]["losses"],
+            "learning_rates": [run.proxy.learning_rates[i] for i in proxy_record["lr_index"]],
+        },
+        "funnel": None if funnel_record is None else {
+            "tasks": list(run.funnel.names),
+            "steps": run.funnel.num_steps,
+            "fitness": funnel_record["fitness"],
+            "tuned_valid_loss": funnel_record["losses"],
+            "reference_tuned_valid_loss": state["reference"]["funnel"]["losses"],
+            "learning_rates": [run.funnel.learning_rates[i] for i in funnel_record["lr_index"]],
+        },
+        "rediscovery": similarities,
+        "closest_reference": {"name": closest, "similarity": similarities[closest]},
+        "generations": state["generation"],
+        "seed": run.seed,
+        "config": data,
+        "versions": versions(),
+        "program_lines": program.format().splitlines(),
+    }  # fmt: skip
+    return program, metadata
+
+
+def run_evolve_command(
+    config_path: Path, out: Path, *, resume: bool, generations: int | None
+) -> int:
+    """Evolve per `config_path` into `out`: checkpoints, events, evolution.json, best_rule.json."""
+    import jax
+
+    from search.evolution import make_evolution
+    from search.rule_file import save_rule
+
+    data = load_yaml(config_path)
+    run = parse_evolve_run(data, str(config_path))
+    if generations is not None:
+        run = dataclasses.replace(run, generations=generations)
+    writer = is_writer()  # with several processes, all evolve alike and process 0 writes
+
+    def prepare() -> tuple[Path, list[Path]]:
+        checked = check_writable_dir(out)
+        found = list_checkpoints(checked)
+        if found and not resume:
+            raise UserError(f"{out} already holds checkpoints; pass --resume or choose a new --out")
+        if resume:
+            remove_stale_temp_files(checked)  # left by a killed run
+        return checked, found
+
+    out, existing = on_writer(prepare) or (out, [])
+    if resume and not writer:  # the others read the checkpoints from the shared output folder
+        existing = list_checkpoints(out)
+    digest = _config_digest(data)
+    evolution = make_evolution(run.config, run.proxy, run.funnel)
+    unsaved: list[dict] = []
+
+    def save() -> None:
+        payload = {"config_digest": digest, "state": state, "history": history, "timing": timing}
+        if writer:
+            write_scalars(out, _scalars(unsaved))
+            save_checkpoint(out, state["generation"], payload)
+        unsaved.clear()
+
+    t0 = time.perf_counter()
+    if resume and existing:
+        payload, skipped = load_latest_checkpoint(out)
+        for reason in skipped if writer else ():
+            print(f"l2o: skipped a checkpoint: {reason}")
+        if payload.get("config_digest") != digest:
+            raise UserError(f"{config_path} differs from the config of the run in {out}")
+        state, history, timing = payload["state"], payload["history"], payload["timing"]
+    else:
+        state, metrics = evolution.init(jax.random.key(run.seed))
+        row, times = _split_metrics(metrics)
+        history, timing = [row], [times]
+        unsaved.append(metrics)
+        save()
+    with progress_bar() if writer else Progress(disable=True) as bar:
+        job = bar.add_task("evolve", total=run.generations, completed=state["generation"])
+        while state["generation"] < run.generations:
+            state, metrics = evolution.step(state)
+            row, times = _split_metrics(metrics)
+            history.append(row)
+            timing.append(times)
+            unsaved.append(metrics)
+            bar.update(job, completed=state["generation"],
+                       description=f"evolve (best {state['best_fitness']:+.4f})")  # fmt: skip
+            if state["generation"] % run.checkpoint_every == 0:
+                save()
+        if unsaved:
+            save()
+    state, final = evolution.finish(state)
+    program, metadata = _rule_metadata(run, data, state)
+    if not writer:
+        return 0
+    write_json_atomic(out / "evolution.json", {
+        "command": "evolve",
+        "config": data,
+        "seed": run.seed,
+        "best": {"program": program.to_json(), **metadata},
+        "history": history,
+        "final": _split_metrics(final)[0],
+        "hall_of_fame": state["hall_of_fame"],
+        "funnel": list(state["funnel"].values()),
+        "counters": state["counters"],
+        "reference": state["reference"],
+        "timing": timing,
+        "wall_time_s": time.perf_counter() - t0,
+        "versions": versions(),
+    })  # fmt: skip
+    try:
+        save_rule(out / "best_rule.json", program, metadata)
+    except ValueError as e:
+        raise UserError(f"best_rule.json not written: {e} (see evolution.json)") from None
+    verdict = "passed the funnel" if metadata["passed_funnel"] else "did NOT pass the funnel"
+    print(
+        f"evolution done: {state['generation']} generations; best rule (fitness "
+        f"{metadata['fitness']:+.4f} vs {run.reference} 0, {verdict}; closest to "
+        f"{metadata['closest_reference']['name']}) written to {out / 'best_rule.json'}"
+    )
+    return 0

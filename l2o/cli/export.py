@@ -1,0 +1,87 @@
+"""`l2o export` and `l2o export-rule`: a meta-training run's optimizer as one `.safetensors` file;
+a rule file as a Python module, Markdown and LaTeX."""
+
+from __future__ import annotations
+
+import json
+import keyword
+import zipfile
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from l2o.cli.builders import build_task, versions
+from l2o.cli.config import parse_meta_run
+from l2o.io import UserError, check_writable_dir, write_bytes_atomic
+from l2o.meta import checkpoint
+from l2o.meta.trainer import make_meta_trainer
+
+
+def run_export_command(run_dir: Path, out: Path | None) -> int:
+    """Write the optimizer file of a meta-training run's newest usable checkpoint."""
+    from l2o.optimizers.file_format import save_learned
+    from l2o.optimizers.registry import get_learned
+
+    paths = checkpoint.list_checkpoints(run_dir)
+    if not paths:
+        raise UserError(f"{run_dir} holds no meta-training checkpoint")
+    skipped = []
+    for path in reversed(paths):  # the newest whose config can be read (a torn file is skipped)
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                data = json.loads(bytes(f["__metadata__"]).decode())["config"]
+            break
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as e:
+            skipped.append(f"{path.name} ({type(e).__name__})")
+    else:
+        raise UserError(f"{run_dir}: no checkpoint holds a readable run config: {skipped}")
+    run = parse_meta_run(data, f"{path} config")
+    tasks = [build_task(spec.name, dict(spec.options)) for spec in run.tasks]
+    init_theta, transform = get_learned(run.optimizer, **run.optimizer_config)
+    trainer = make_meta_trainer(
+        tasks, init_theta, transform, run.objective, run.estimator, run.outer
+    )
+    try:
+        state, meta, _ = checkpoint.load_latest(run_dir, trainer.init())
+    except checkpoint.CheckpointError as e:
+        raise UserError(str(e)) from None
+    path = save_learned(
+        out or Path(run_dir) / "optimizer.safetensors",
+        run.optimizer,
+        run.optimizer_config,
+        jax.device_get(state.theta),
+        {"config": data, "outer_steps": meta["step"], "versions": versions()},
+    )
+    print(f"exported theta of outer step {meta['step']} to {path}")
+    return 0
+
+
+def run_export_rule_command(rule_path: Path, out: Path, name: str) -> int:
+    """Write `out/NAME.py`, `NAME.md` and `NAME.tex` of a rule file."""
+    from search.export import export_latex, export_markdown, export_python
+    from search.rule_file import read_rule
+
+    if not name.isidentifier() or keyword.iskeyword(name):
+        raise UserError(f"--name {name!r:.60} is not a Python identifier")
+    try:
+        program, metadata = read_rule(rule_path)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    lr = metadata.get("learning_rate")
+    lr = float(lr) if isinstance(lr, int | float) and not isinstance(lr, bool) else None
+    try:
+        texts = {
+            f"{name}.py": export_python(
+                program, name=name, learning_rate=lr, description="An evolved update rule."
+            ),
+            f"{name}.md": export_markdown(program),
+            f"{name}.tex": export_latex(program),
+        }
+    except ValueError as e:
+        raise UserError(f"cannot export {rule_path}: {' '.join(str(e).split())}") from None
+    out = check_writable_dir(out)
+    for filename, text in texts.items():
+        write_bytes_atomic(out / filename, text.encode())
+    print(f"wrote {', '.join(str(out / f) for f in texts)}")
+    return 0

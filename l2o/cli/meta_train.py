@@ -1,0 +1,174 @@
+"""`l2o meta-train`: meta-train a learned optimizer with progress, TensorBoard, checkpoints and
+exact resume after a kill; the final theta is exported as one optimizer file."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+from rich.progress import Progress
+
+from l2o.cli.builders import build_task, check_step, versions
+from l2o.cli.config import MetaRun, load_yaml, parse_meta_run
+from l2o.cli.distributed import broadcast_from_writer, is_writer, on_writer
+from l2o.cli.progress import progress_bar
+from l2o.io import (
+    UserError,
+    check_writable_dir,
+    read_json,
+    remove_stale_temp_files,
+    write_json_atomic,
+    write_scalars,
+)
+from l2o.meta import checkpoint
+from l2o.meta.trainer import make_meta_trainer
+from l2o.meta.types import MetaState
+from tasks import train
+from tasks.sharding import device_mesh, put_replicated, shard_population
+
+HELDOUT_SEED = 10_000
+
+
+def make_heldout_evaluation(tasks, transform, horizon: int, seeds: int = 2, *, mesh=None):
+    """`evaluate(theta) -> {name: value}`: final train/test loss of whole inner runs on held-out
+    seeds, per meta-training task (each task's run compiled once, theta an argument; the seeds
+    split over the devices of `mesh`, by default every device)."""
+    mesh = device_mesh() if mesh is None else mesh
+    keys = jax.random.split(jax.random.key(HELDOUT_SEED), seeds)
+
+    def one(task, theta, key):
+        return train(task, transform(theta), horizon, key, eval_every=horizon)[1]
+
+    over_seeds = jax.vmap(one, in_axes=(None, None, 0))
+    compiled = jax.jit(shard_population(over_seeds, mesh, (None, None, 0)))
+
+    def evaluate(theta) -> dict[str, float]:
+        out = {}
+        for name, task in tasks.items():
+            metrics = jax.device_get(compiled(task, theta, keys))
+            out[f"heldout/{name}/final_train_loss"] = float(np.mean(metrics["train_loss"][:, -1]))
+            if "test_loss" in metrics:
+                out[f"heldout/{name}/test_loss"] = float(np.mean(metrics["test_loss"][:, -1]))
+        return out
+
+    return evaluate
+
+
+def _history_scalars(history: list[dict]) -> dict:
+    scalars: dict[str, tuple[list, list]] = {}
+    for row in history:
+        for name, value in row.items():
+            if name != "step":
+                steps, values = scalars.setdefault(name, ([], []))
+                steps.append(row["step"])
+                values.append(value)
+    return scalars
+
+
+def run_meta_train_command(config_path: Path, out: Path, *, resume: bool, steps: int | None) -> int:
+    """Meta-train per `config_path` into `out` (checkpoints, events, metrics, optimizer file)."""
+    from l2o.optimizers.file_format import save_learned
+    from l2o.optimizers.registry import get_learned
+
+    data = load_yaml(config_path)
+    run: MetaRun = parse_meta_run(data, str(config_path))
+    if steps is not None:
+        run = dataclasses.replace(run, outer=dataclasses.replace(run.outer, steps=steps))
+    tasks = {spec.key: build_task(spec.name, dict(spec.options)) for spec in run.tasks}
+    try:
+        init_theta, transform = get_learned(run.optimizer, **run.optimizer_config)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{config_path}: optimizer: {' '.join(str(e).split())}") from None
+    for name, task in tasks.items():  # a task option the learned optimizer cannot run on
+        check_step(task, lambda key: transform(init_theta(key)), f"{run.optimizer} on {name}")
+    # With several processes (l2o.cli.distributed), all compute and only process 0 writes.
+    writer = is_writer()
+
+    def prepare() -> tuple[Path, list[Path]]:
+        directory = check_writable_dir(out)
+        existing = checkpoint.list_checkpoints(directory)
+        if existing and not resume:
+            raise UserError(
+                f"{directory} already holds checkpoints; pass --resume or choose a new --out"
+            )
+        if resume:
+            remove_stale_temp_files(directory)  # left by a killed run
+        return directory, existing
+
+    out, existing = on_writer(prepare) or (out, [])
+    mesh = device_mesh()
+    trainer = make_meta_trainer(
+        list(tasks.values()), init_theta, transform, run.objective, run.estimator, run.outer,
+        mesh=mesh,
+    )  # fmt: skip
+    state: MetaState = trainer.init()
+    history: list[dict] = []
+
+    def load() -> tuple[MetaState, list[dict]]:
+        if not existing:
+            return state, []
+        try:
+            loaded, meta, skipped = checkpoint.load_latest(out, state)
+        except checkpoint.CheckpointError as e:
+            raise UserError(str(e)) from None
+        rows = [r for r in read_json(out / "meta_metrics.json") if r["step"] <= meta["step"]]
+        for reason in skipped:
+            print(f"l2o: skipped a checkpoint: {reason}")
+        return loaded, rows
+
+    if resume:  # process 0 reads the checkpoint; every device of every process gets it
+        state, history = on_writer(load) or (state, [])
+        state = put_replicated(broadcast_from_writer(state), mesh)
+    unsaved: list[dict] = []
+    heldout_evaluation = make_heldout_evaluation(tasks, transform, run.objective.horizon, mesh=mesh)
+
+    def save() -> None:
+        if not writer:
+            return
+        step = int(state.step)
+        write_scalars(out, _history_scalars(unsaved))
+        write_json_atomic(out / "meta_metrics.json", history)
+        checkpoint.save(out, step, state, {"config": data, "optimizer": run.optimizer})
+        unsaved.clear()
+
+    t0 = time.perf_counter()
+    with progress_bar() if writer else Progress(disable=True) as bar:
+        job = bar.add_task("meta-train", total=run.outer.steps, completed=int(state.step))
+        while int(state.step) < run.outer.steps:
+            state, metrics = trainer.step(state)
+            step = int(state.step)
+            row = {"step": step, **{k: float(v) for k, v in jax.device_get(metrics).items()}}
+            if step % run.eval_every == 0 or step == run.outer.steps:
+                row.update(heldout_evaluation(state.theta))
+            history.append(row)
+            unsaved.append(row)
+            bar.update(job, completed=step,
+                       description=f"meta-train (meta-loss {row['meta_loss']:.3f})")  # fmt: skip
+            if step % run.checkpoint_every == 0 or step == run.outer.steps:
+                save()
+    if unsaved:
+        save()
+    if not writer:
+        return 0
+    penalized = float(np.mean([r["penalized"] for r in history])) if history else 0.0
+    path = save_learned(
+        out / "optimizer.safetensors",
+        run.optimizer,
+        run.optimizer_config,
+        jax.device_get(state.theta),
+        {"config": data, "outer_steps": int(state.step), "versions": versions()},
+    )
+    write_json_atomic(out / "results.json", {
+        "command": "meta-train",
+        "config": data,
+        "seed": run.outer.seed,
+        "final": history[-1] if history else {},
+        "mean_penalized_fraction": penalized,
+        "wall_time_s": time.perf_counter() - t0,
+        "versions": versions(),
+    })  # fmt: skip
+    print(f"meta-training done: {int(state.step)} outer steps; optimizer written to {path}")
+    return 0

@@ -1,0 +1,103 @@
+"""`l2o train`: one optimizer on one task, with a progress bar, results.json and TensorBoard."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from l2o.cli.builders import build_estimator, build_optimizer, build_task, check_step, versions
+from l2o.cli.progress import progress_bar
+from l2o.evaluation.chunked_run import default_eval_every, summarize, train_in_chunks
+from l2o.io import UserError, check_writable_dir, write_json_atomic, write_scalars
+
+EXIT_DIVERGED = 3
+
+
+def tensorboard_scalars(metrics: dict) -> dict:
+    """`tag -> (steps, values)` for the per-step loss and every evaluation metric."""
+    steps = list(range(1, len(metrics["train_loss"]) + 1))
+    scalars = {"train/loss": (steps, metrics["train_loss"])}
+    for name, values in metrics.items():
+        if name not in ("train_loss", "eval_step"):
+            split, _, metric = name.partition("_")
+            scalars[f"{split}/{metric}"] = (metrics["eval_step"], values)
+    return scalars
+
+
+def run_train_command(
+    *,
+    task_name: str,
+    task_options: dict,
+    optimizer_name: str,
+    hparams: dict,
+    learning_rate: float | None,
+    steps: int,
+    seed: int,
+    eval_every: int | None,
+    out: Path,
+    grad: str = "backprop",
+    grad_options: dict | None = None,
+) -> int:
+    """Validate everything, train, then write `out/results.json` and events; the exit code."""
+    if learning_rate is not None:
+        hparams = {**hparams, "learning_rate": learning_rate}
+    from l2o.cli.config import check_hparams
+
+    hparams = check_hparams(optimizer_name, hparams, "--hparam")
+    eval_every = eval_every or default_eval_every(steps)
+    if eval_every > steps:
+        raise UserError(f"--eval-every {eval_every} is larger than --steps {steps}")
+    task = build_task(task_name, task_options)
+    optimizer = build_optimizer(optimizer_name, hparams)
+    grad_fn = build_estimator(grad, task, grad_options or {})
+    check_step(task, lambda key: optimizer, f"{optimizer_name} on {task_name}", grad_fn)
+    from baselines import optimizer_hparams
+
+    hparams = {**optimizer_hparams(optimizer_name), **hparams}
+    out = check_writable_dir(out)
+
+    with progress_bar() as bar:
+        job = bar.add_task(f"{task_name} / {optimizer_name}", total=steps)
+        metrics, timings = train_in_chunks(
+            task, optimizer, steps, seed,
+            eval_every=eval_every,
+            grad_fn=grad_fn,
+            on_chunk=lambda done: bar.update(job, completed=done),
+        )  # fmt: skip
+
+    final = summarize(metrics)
+    diverged = final["diverged_at_step"]
+    results = {
+        "command": "train",
+        "status": "diverged" if diverged is not None else "ok",
+        "config": {
+            "task": task_name,
+            "task_options": task_options,
+            "optimizer": optimizer_name,
+            "hparams": hparams,
+            "steps": steps,
+            "seed": seed,
+            "eval_every": eval_every,
+            "grad": grad,
+            "grad_options": grad_options or {},
+        },
+        "final": final,
+        "metrics": metrics,
+        "timing": timings,
+        "versions": versions(),
+        "argv": sys.argv,
+    }
+    write_json_atomic(out / "results.json", results)
+    write_scalars(out, tensorboard_scalars(metrics))
+    if diverged is not None:
+        print(
+            f"l2o: error: training diverged: the train loss became non-finite at step {diverged} "
+            f"(results written to {out}; try a smaller learning rate)",
+            file=sys.stderr,
+        )
+        return EXIT_DIVERGED
+    summary = ", ".join(
+        f"{k} {final[k]:.4g}" for k in ("train_loss", "test_loss", "test_accuracy") if k in final
+    )
+    print(f"{task_name} / {optimizer_name}: {summary} ({timings['wall_time_s']:.1f}s) -> {out}")
+    return 0

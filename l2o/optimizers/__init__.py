@@ -1,0 +1,1 @@
+"""Learned optimizers, their registry and file format. Imports tasks, baselines, l2o.io."""

@@ -1,0 +1,180 @@
+"""`l2o evolve` and `l2o export-rule`: exact resume after SIGKILL (and a torn checkpoint), the
+outputs, bad configs and bad rule files."""
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import search
+from l2o.cli.main import main
+from search.interpreter import program_transform
+from search.programs_library import get_program
+from search.rule_file import read_rule, save_rule
+
+REPO = Path(__file__).resolve().parents[3]
+TINY = REPO / "configs" / "evolve_tiny.yaml"
+GENERATIONS = 60  # long enough that the kill lands mid-run
+
+
+def _command(config, out, *extra):
+    return [sys.executable, "-m", "l2o.cli", "evolve", "--config", str(config), "--out", str(out),
+            "--generations", str(GENERATIONS), *extra]  # fmt: skip
+
+
+def _checkpoints(directory: Path) -> list[Path]:
+    return sorted(directory.glob("evolve_*.json"))
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_and_a_torn_checkpoint_is_bit_identical(tmp_path):
+    # The compilation cache lets the later processes skip compiling (the same executables).
+    env = {**os.environ, "PYTHONHASHSEED": "0", "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jit"),
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}  # fmt: skip
+    whole = tmp_path / "whole"
+    subprocess.run(_command(TINY, whole), check=True, capture_output=True, env=env, timeout=600)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_command(TINY, killed), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env)  # fmt: skip
+    deadline = time.time() + 300
+    while len(_checkpoints(killed)) < 2 and proc.poll() is None:
+        assert time.time() < deadline, "no checkpoints appeared"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "best_rule.json").exists(), "the run finished before the kill"
+    newest = _checkpoints(killed)[-1]
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # a torn file
+
+    again = subprocess.run(_command(TINY, killed), capture_output=True, text=True, env=env,
+                           timeout=600)  # fmt: skip
+    assert again.returncode == 2 and "--resume" in again.stderr
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(TINY.read_text().replace("seed: 0", "seed: 1"))
+    again = subprocess.run(_command(changed, killed, "--resume"), capture_output=True, text=True,
+                           env=env, timeout=600)  # fmt: skip
+    assert again.returncode == 2 and "differs" in again.stderr
+    resumed = subprocess.run(_command(TINY, killed, "--resume"), capture_output=True, text=True,
+                             env=env, timeout=600, check=True)  # fmt: skip
+    assert "skipped a checkpoint" in resumed.stdout and "checksum" in resumed.stdout
+
+    assert (killed / "best_rule.json").read_bytes() == (whole / "best_rule.json").read_bytes()
+    a = json.loads((whole / "evolution.json").read_text())
+    b = json.loads((killed / "evolution.json").read_text())
+    for key in ("history", "best", "hall_of_fame", "funnel", "counters", "final"):
+        assert a[key] == b[key], key
+    assert len(a["history"]) == GENERATIONS + 1
+    assert [row["generation"] for row in b["timing"]] == list(range(GENERATIONS + 1))
+
+    # The outputs: a loadable rule better than the SGD warm start, and TensorBoard events.
+    program, metadata = read_rule(whole / "best_rule.json")
+    assert metadata["passed_funnel"] and metadata["fitness"] < -0.5
+    assert metadata["funnel"]["fitness"] <= 0 and set(metadata["rediscovery"]) >= {"sgd", "lion"}
+    assert metadata["config"]["population_size"] == 24 and metadata["seed"] == 0
+    assert program == program.without_dead_code()
+    search.load_rule(whole / "best_rule.json")
+    assert list(whole.glob("events.out.tfevents.*"))
+    history = a["history"]
+    assert history[-1]["best_fitness"] < history[0]["best_fitness"]
+    assert {"invalid_rate", "cache_hit_rate", "penalized", "median_fitness"} <= set(history[1])
+    assert "programs_per_second" in a["timing"][1] and "programs_per_second" not in history[1]
+
+
+HEAD = "warm_starts: [sgd]\nproxy: {tasks: [rosenbrock], steps: 5}\n"
+BAD = {
+    HEAD + "populaton_size: 8\n": "populaton_size",
+    "proxy: {tasks: [nope]}\n": "unknown task",
+    "warm_starts: [adagrad]\nproxy: {tasks: [rosenbrock]}\n": "unknown program",
+    HEAD + "population_size: banana\n": "population_size",
+    HEAD + "batch_size: 64\n": "batch_size",
+    HEAD + "mutation: {max_state: 9}\n": "max_state",
+    HEAD + "mutation: {ops: [add, nope]}\n": "unknown ops",
+    HEAD + "mutation: {colour: red}\n": "colour",
+    "warm_starts: [adamw]\nproxy: {tasks: [rosenbrock]}\nmutation: {max_instructions: 8}\n": (
+        "max_instructions"
+    ),
+    HEAD + "funnel: {every: 5, top: 3}\n": "top",
+    HEAD + "simplify: maybe\n": "simplify",
+    "proxy: {tasks: [rosenbrock], lr_grid: {low: 1, high: 0.1}}\n": "low must be below high",
+    "proxy: {tasks: []}\n": "non-empty",
+    "warm_starts: [{name: adam, hparams: {b3: 1}}]\nproxy: {tasks: [rosenbrock]}\n": "b3",
+    "proxy: {tasks: [{name: digits_mlp, options: {width: 3}}]}\n": "width",
+    "warm_starts: sgd\nproxy: {tasks: [rosenbrock]}\n": "must be a list",
+    "proxy: {tasks: [rosenbrock], seeds: 5000}\n": "seeds",
+    HEAD + "seed: -1\n": "seed",
+}
+
+
+@pytest.mark.parametrize("text, message", list(BAD.items()))
+def test_bad_evolve_configs_exit_2(tmp_path, capsys, text, message):
+    config = tmp_path / "evolve.yaml"
+    config.write_text(text)
+    code = main(["evolve", "--config", str(config), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+def _import(path: Path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name", ["sgd", "lion", "adamw"])
+def test_export_rule_writes_three_files_whose_module_matches_the_interpreter(tmp_path, name):
+    program = get_program(name)
+    rule = tmp_path / "rule.json"
+    save_rule(rule, program, {"learning_rate": 0.01, "fitness": -0.5})
+    out = tmp_path / "exported"
+    assert main(["export-rule", str(rule), "--out", str(out), "--name", f"evolved_{name}"]) == 0
+    files = sorted(p.name for p in out.iterdir())
+    assert files == [f"evolved_{name}.{ext}" for ext in ("md", "py", "tex")]
+    assert (out / f"evolved_{name}.md").read_text().strip()
+    assert (out / f"evolved_{name}.tex").read_text().strip()
+
+    module = _import(out / f"evolved_{name}.py")
+    exported = getattr(module, f"evolved_{name}")(0.01)
+    reference = program_transform(program, 0.01)
+    params = {"w": jnp.array([[0.5, -1.0], [2.0, 0.1]]), "b": jnp.array([0.3, -0.2])}
+    states = [exported.init(params), reference.init(params)]
+    for step in range(4):
+        key = jax.random.key(step)
+        grads = jax.tree.map(lambda p, k=key: jax.random.normal(k, p.shape), params)
+        outs = []
+        for i, transform in enumerate((exported, reference)):
+            updates, states[i] = transform.update(grads, states[i], params)
+            outs.append(updates)
+        for a, b in zip(jax.tree.leaves(outs[0]), jax.tree.leaves(outs[1]), strict=True):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-8)
+        params = optax.apply_updates(params, outs[1])
+
+
+@pytest.mark.parametrize(
+    "text, args, message",
+    [("{not json", [], "not valid JSON"),
+     ('{"format": "l2o-rule", "version": 1, "program": {"instructions": []}}', [], "lacks"),
+     (None, ["--name", "not-a-name"], "identifier"), (None, ["--name", "optax"], "optax")],
+)  # fmt: skip
+def test_bad_rule_files_and_names_exit_2(tmp_path, capsys, text, args, message):
+    rule = tmp_path / "rule.json"
+    if text is None:
+        save_rule(rule, get_program("sgd"))
+    else:
+        rule.write_text(text)
+    code = main(["export-rule", str(rule), "--out", str(tmp_path / "out"), *args])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()
