@@ -1,5 +1,6 @@
 """Hand-written baseline optimizers as optax transforms, by name."""
 
+from baselines.adafactor import AdafactorState, FactoredMoment, adafactor, scale_by_adafactor
 from baselines.adahessian import AdaHessianState, adahessian, scale_by_adahessian
 from baselines.adam import (
     AdamState,
@@ -9,6 +10,7 @@ from baselines.adam import (
     adamw,
     amsgrad,
     nadam,
+    nadamw,
     radam,
     scale_by_adam,
     scale_by_adamax,
@@ -36,8 +38,16 @@ from baselines.estimators import (
 )
 from baselines.layerwise import lamb, lars, scale_by_lars, scale_by_trust_ratio
 from baselines.lion import LionState, lion, scale_by_lion
+from baselines.muon import MuonState, muon, newton_schulz, scale_by_muon
 from baselines.newton import LbfgsState, lbfgs, newton, scale_by_lbfgs, scale_by_newton
+from baselines.prodigy import ProdigyState, prodigy, scale_by_prodigy
 from baselines.registry import OPTIMIZERS, get_optimizer, list_optimizers, optimizer_hparams
+from baselines.schedule_free import (
+    ScheduleFreeState,
+    schedule_free,
+    schedule_free_adamw,
+    schedule_free_eval_params,
+)
 from baselines.schedules import (
     SCHEDULES,
     get_schedule,
@@ -46,6 +56,8 @@ from baselines.schedules import (
     warmup,
 )
 from baselines.sgd import MomentumState, momentum, nesterov, scale_by_momentum, sgd
+from baselines.shampoo import ShampooState, scale_by_shampoo, shampoo
+from baselines.sophia import SophiaState, scale_by_sophia, sophia
 
 __all__ = [
     "ESTIMATORS",
@@ -105,4 +117,26 @@ __all__ = [
     "scale_by_rms",
     "scale_by_trust_ratio",
     "sgd",
+    "AdafactorState",
+    "FactoredMoment",
+    "MuonState",
+    "ProdigyState",
+    "ScheduleFreeState",
+    "adafactor",
+    "muon",
+    "nadamw",
+    "newton_schulz",
+    "prodigy",
+    "scale_by_adafactor",
+    "scale_by_muon",
+    "scale_by_prodigy",
+    "schedule_free",
+    "schedule_free_adamw",
+    "schedule_free_eval_params",
+    "ShampooState",
+    "SophiaState",
+    "scale_by_shampoo",
+    "scale_by_sophia",
+    "shampoo",
+    "sophia",
 ]

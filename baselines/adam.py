@@ -1,5 +1,5 @@
-"""Adam and its family: AdamW, NAdam, AMSGrad, AdaMax and RAdam (Kingma & Ba 2015, "Adam: A Method
-for Stochastic Optimization", and the papers cited by each optimizer)."""
+"""Adam and its family: AdamW, NAdam, NAdamW, AMSGrad, AdaMax and RAdam (Kingma & Ba 2015, "Adam: A
+Method for Stochastic Optimization", and the papers cited by each optimizer)."""
 
 from __future__ import annotations
 
@@ -233,6 +233,7 @@ def adamw(
     eps: float = 1e-8,
     eps_root: float = 0.0,
     weight_decay: float = 1e-4,
+    nesterov: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     r"""AdamW: Adam with weight decay decoupled from the adaptive rescaling.
 
@@ -258,6 +259,7 @@ def adamw(
       eps: :math:`\epsilon`, added to the root.
       eps_root: :math:`\bar\epsilon`, added under the root.
       weight_decay: :math:`\lambda` (optax's default 1e-4), applied to every parameter.
+      nesterov: use NAdam's look-ahead first moment (see `nadamw`).
 
     Returns:
       An `optax.GradientTransformationExtraArgs`.
@@ -266,10 +268,46 @@ def adamw(
       Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019.
     """
     return optax.chain(
-        scale_by_adam(b1, b2, eps, eps_root),
+        scale_by_adam(b1, b2, eps, eps_root, nesterov=nesterov),
         optax.add_decayed_weights(weight_decay),
         optax.scale_by_learning_rate(learning_rate),
     )
+
+
+nadamw = functools.partial(adamw, nesterov=True)
+nadamw.__doc__ = r"""NAdamW: NAdam with AdamW's decoupled weight decay, AlgoPerf's baseline.
+
+    .. math::
+
+        \bar m_t &= \frac{\beta_1 m_t}{1 - \beta_1^{t+1}} + \frac{(1 - \beta_1) g_t}{1 - \beta_1^t}
+        \\
+        \theta_t &= \theta_{t-1} - \eta_t \left(
+            \frac{\bar m_t}{\sqrt{\hat v_t + \bar\epsilon} + \epsilon} + \lambda \theta_{t-1}
+        \right)
+
+    with :math:`m_t, \hat v_t` as in `adam` and the look-ahead :math:`\bar m_t` of `nadam`; the
+    decay :math:`\lambda` is multiplied by the whole learning rate, as in `adamw`. Same as optax's
+    ``nadamw``. AlgoPerf's NAdamW (from init2winit) divides both terms of :math:`\bar m_t` by
+    :math:`1 - \beta_1^t`; the two agree once :math:`\beta_1^t \approx 0` (after ~50 steps for
+    :math:`\beta_1 = 0.9`).
+
+    Args:
+      learning_rate: the step size :math:`\eta_t`, a float or an optax schedule (AlgoPerf uses
+        linear warm-up then cosine decay).
+      b1: :math:`\beta_1`, the decay of the first moment.
+      b2: :math:`\beta_2`, the decay of the second moment.
+      eps: :math:`\epsilon`, added to the root.
+      eps_root: :math:`\bar\epsilon`, added under the root.
+      weight_decay: :math:`\lambda` (optax's default 1e-4), applied to every parameter.
+
+    Returns:
+      An `optax.GradientTransformationExtraArgs`.
+
+    References:
+      Dozat, "Incorporating Nesterov Momentum into Adam", ICLR 2016 workshop.
+      Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019.
+      Dahl et al., "Benchmarking Neural Network Training Algorithms", 2023 (AlgoPerf).
+    """
 
 
 def amsgrad(

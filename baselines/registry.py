@@ -8,13 +8,19 @@ from collections.abc import Callable
 
 import optax
 
+from baselines.adafactor import adafactor
 from baselines.adahessian import adahessian
-from baselines.adam import adam, adamax, adamw, amsgrad, nadam, radam
+from baselines.adam import adam, adamax, adamw, amsgrad, nadam, nadamw, radam
 from baselines.adaptive import adadelta, adagrad, rmsprop
 from baselines.layerwise import lamb, lars
 from baselines.lion import lion
+from baselines.muon import muon
 from baselines.newton import lbfgs, newton
+from baselines.prodigy import prodigy
+from baselines.schedule_free import schedule_free_adamw
 from baselines.sgd import momentum, nesterov, sgd
+from baselines.shampoo import shampoo
+from baselines.sophia import sophia
 from tasks import UnknownNameError
 
 # Every factory takes keyword hyperparameters, each with a default (a paper default where the
@@ -35,6 +41,13 @@ OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformationExtraArgs]] = {
     "lars": lars,
     "lamb": lamb,
     "lion": lion,
+    "nadamw": nadamw,
+    "muon": muon,
+    "schedule_free_adamw": schedule_free_adamw,
+    "adafactor": adafactor,
+    "prodigy": prodigy,
+    "sophia": sophia,
+    "shampoo": shampoo,
     "adahessian": adahessian,
     "newton": newton,
     "lbfgs": lbfgs,

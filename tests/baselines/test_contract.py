@@ -39,6 +39,13 @@ LEARNING_RATES = {
     # valley passes the origin at a constant rate; a decaying schedule gets it through.
     "lamb": (4e-3, optax.cosine_decay_schedule(1e-2, ROSENBROCK_STEPS)),
     "lion": (2e-3, 1e-3),
+    "nadamw": (1e-2, 1e-2),
+    "muon": (1e-2, 1e-2),  # both problems are vectors: Muon's AdamW part does all the work
+    "schedule_free_adamw": (1e-2, 1e-2),
+    "adafactor": (3e-3, 3e-3),  # relative steps: about 3e-3 ||x||_rms per step
+    "prodigy": (1.0, 1.0),  # a multiplier of the adapted step
+    "sophia": (1e-2, 1e-2),
+    "shampoo": (1e-2, 1e-2),
     "adahessian": (0.15, 1.0),
     "newton": (1.0, 1.0),
     "lbfgs": (1.0, 1.0),
