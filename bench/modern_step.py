@@ -16,6 +16,7 @@ import os
 import time
 from pathlib import Path
 
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as `l2o` sets it: see l2o/cli/main.py
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 if "L2O_DATA_DIR" not in os.environ and SHARED_DATA.is_dir():
     os.environ["L2O_DATA_DIR"] = str(SHARED_DATA)
