@@ -165,14 +165,15 @@ def lr_insensitive(losses_LxS: np.ndarray, rtol: float = 1e-6) -> bool:
 
 def tune_learning_rate(
     sweep: Callable[[np.ndarray], dict[str, np.ndarray]], lrs: np.ndarray, suite: Suite
-) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, Any]]:
+) -> tuple[np.ndarray, dict[str, np.ndarray], int, dict[str, Any]]:
     """Runs of every learning rate of the grid, extended while the best one is at its edge.
 
     `sweep(lrs)` returns runs with leading axes `[len(lrs), seeds]`. While the best learning rate
     (by `suite.tune_on`) is the smallest or largest tried, `suite.lr_extensions` times at most,
     three more grid points are run beyond that edge. Returns the learning rates tried (sorted),
-    their runs, and what the tuning saw: `extended` (points added below/above), `at_edge` (the
-    best is still at the edge: the grid may not contain the optimum) and `lr_insensitive`.
+    their runs, the index of the best, and what the tuning saw: `extended` (points added
+    below/above), `at_edge` (the best is still at the edge: the grid may not contain the
+    optimum) and `lr_insensitive`.
     """
     runs = sweep(lrs)
     ratio = _grid_ratio(lrs)
@@ -195,12 +196,13 @@ def tune_learning_rate(
         extended[side] += len(new)
     losses = _tuning_losses(runs, suite)
     best = select_best(losses)
+    insensitive = lr_insensitive(losses)
     tuning = {
         "extended": extended,
-        "at_edge": len(lrs) > 1 and best in (0, len(lrs) - 1) and not lr_insensitive(losses),
-        "lr_insensitive": bool(lr_insensitive(losses)),
+        "at_edge": len(lrs) > 1 and best in (0, len(lrs) - 1) and not insensitive,
+        "lr_insensitive": insensitive,
     }
-    return lrs, runs, tuning
+    return lrs, runs, best, tuning
 
 
 def seconds_per_step(
@@ -246,9 +248,8 @@ def evaluate_pair(task: Task, spec: OptimizerSpec, suite: Suite) -> dict[str, An
             eval_every=suite.evaluation_interval,
         )
 
-    lrs, runs, tuning = tune_learning_rate(sweep, lrs, suite)
+    lrs, runs, best, tuning = tune_learning_rate(sweep, lrs, suite)
     within = np.flatnonzero(runs["eval_step"][0, 0] <= suite.steps)
-    best = select_best(_tuning_losses(runs, suite))
     final_valid = runs["valid_loss"][:, :, within[-1]]
     evaluations = {
         k: v[best][..., within] for k, v in runs.items() if k not in ("train_loss", "eval_step")
