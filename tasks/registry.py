@@ -6,6 +6,7 @@ import inspect
 from collections.abc import Callable
 
 from tasks import synthetic
+from tasks.autoencoder import mlp_autoencoder
 from tasks.base import Task
 from tasks.classification import cnn_classifier, mlp_classifier
 from tasks.language import shakespeare_char_lm
@@ -87,6 +88,22 @@ def cifar10_grey8_mlp(hidden=(64,), activation="relu", batch_size=128) -> Task:
     )  # fmt: skip
 
 
+def mnist8_autoencoder(hidden=(32, 8, 32), activation="relu", batch_size=128) -> Task:
+    """MNIST resized to 8x8, MLP autoencoder 64-32-8-32-64, squared reconstruction error."""
+    return mlp_autoencoder(
+        "mnist", size=8, hidden=hidden, activation=activation, batch_size=batch_size,
+        name="mnist8_autoencoder",
+    )  # fmt: skip
+
+
+def digits_autoencoder(hidden=(32, 8, 32), activation="relu", batch_size=64) -> Task:
+    """sklearn digits 8x8, MLP autoencoder 64-32-8-32-64 (bundled, offline)."""
+    return mlp_autoencoder(
+        "digits", hidden=hidden, activation=activation, batch_size=batch_size,
+        name="digits_autoencoder",
+    )  # fmt: skip
+
+
 def shakespeare_lm(seq_len=64, batch_size=32, embed_dim=32, hidden=128) -> Task:
     """Tiny-Shakespeare characters, LSTM language model (128 units)."""
     return shakespeare_char_lm("shakespeare_lm", "full", seq_len, batch_size, embed_dim, hidden)
@@ -125,6 +142,12 @@ def linear_regression(num_examples=512, dim=32, noise=0.1, batch_size=0, seed=0)
     return task.replace(name="linear_regression")
 
 
+def least_squares_k10000(num_examples=2048, dim=32, noise=0.1, batch_size=128, seed=0) -> Task:
+    """Least squares, 32 rotated features of condition number 10^4, minibatch 128 (offline)."""
+    task = synthetic.ill_conditioned_least_squares(num_examples, dim, 1e4, noise, batch_size, seed)
+    return task.replace(name="least_squares_k10000")
+
+
 def logistic_regression(num_examples=512, dim=32, batch_size=0, seed=0) -> Task:
     """Binary logistic regression, 32 features, full batch (offline)."""
     task = synthetic.logistic_regression(num_examples, dim, batch_size, seed)
@@ -141,6 +164,8 @@ TASKS: dict[str, Callable[..., Task]] = {
     "mnist16_cnn": mnist16_cnn,
     "cifar10_cnn": cifar10_cnn,
     "cifar10_grey8_mlp": cifar10_grey8_mlp,
+    "mnist8_autoencoder": mnist8_autoencoder,
+    "digits_autoencoder": digits_autoencoder,
     "shakespeare_lm": shakespeare_lm,
     "shakespeare_tiny_lm": shakespeare_tiny_lm,
     "quadratic_k100": quadratic_k100,
@@ -148,6 +173,7 @@ TASKS: dict[str, Callable[..., Task]] = {
     "nqm": nqm,
     "rosenbrock": rosenbrock,
     "linear_regression": linear_regression,
+    "least_squares_k10000": least_squares_k10000,
     "logistic_regression": logistic_regression,
 }
 
@@ -156,12 +182,14 @@ OFFLINE_TASKS = (
     "digits_mlp",
     "mnist1d_mlp",
     "digits_cnn",
+    "digits_autoencoder",
     "shakespeare_tiny_lm",
     "quadratic_k100",
     "quadratic_k10000",
     "nqm",
     "rosenbrock",
     "linear_regression",
+    "least_squares_k10000",
     "logistic_regression",
 )
 

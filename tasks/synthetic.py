@@ -1,5 +1,5 @@
 """Synthetic problems with known structure: quadratics, the noisy quadratic model, Rosenbrock,
-linear and logistic regression."""
+linear, ill-conditioned least-squares and logistic regression."""
 
 from __future__ import annotations
 
@@ -148,6 +148,48 @@ def linear_regression(
         loss=loss,
         sampler=_regression_sampler,
         data=_regression_data(seed, num_examples, dim, labels),
+        batch_size=batch_size or num_examples,
+        eval_batch_size=num_examples,
+    )
+
+
+def ill_conditioned_least_squares(
+    num_examples: int = 2048,
+    dim: int = 32,
+    condition: float = 1e4,
+    noise: float = 0.1,
+    batch_size: int = 128,
+    seed: int = 0,
+) -> Task:
+    """Least squares 1/2 mean (x.w + b - y)^2 with rotated, ill-conditioned features.
+
+    x = z diag(s) Q^T with z ~ N(0, I), s_i^2 log-spaced from 1 to 1 / `condition` and Q a random
+    rotation (so no coordinate is an eigendirection); y = x.w* + noise with w* = Q diag(1/s) v,
+    v ~ N(0, I / dim): every eigendirection carries the same share of the label variance, so the
+    slow ones must be fitted too.
+    """
+    if dim < 1 or condition < 1:
+        raise ValueError("ill_conditioned_least_squares needs dim >= 1 and condition >= 1")
+    q_key, v_key, *split_keys = jax.random.split(jax.random.key(seed), 5)
+    rotation, _ = jnp.linalg.qr(jax.random.normal(q_key, (dim, dim)))
+    scales = jnp.asarray(condition, jnp.float32) ** (-0.5 * jnp.linspace(0.0, 1.0, dim))
+    w_true = rotation @ (jax.random.normal(v_key, (dim,)) / jnp.sqrt(dim) / scales)
+    data = {}
+    for split, k in zip(("train", "valid", "test"), split_keys, strict=True):
+        x_key, y_key = jax.random.split(k)
+        x = (jax.random.normal(x_key, (num_examples, dim)) * scales[None, :]) @ rotation.T
+        data[split] = (x, x @ w_true + noise * jax.random.normal(y_key, (num_examples,)))
+
+    def loss(params, key, batch):
+        x, y = batch
+        return 0.5 * jnp.mean((x @ params["w"] + params["b"] - y) ** 2), {}
+
+    return Task(
+        name=f"least_squares_d{dim}_k{condition:g}",
+        init=_linear_init(dim),
+        loss=loss,
+        sampler=_regression_sampler,
+        data=data,
         batch_size=batch_size or num_examples,
         eval_batch_size=num_examples,
     )

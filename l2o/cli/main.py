@@ -161,6 +161,26 @@ def cmd_evaluate(args) -> int:
     return run_evaluate_command(suite, Path(args.out))
 
 
+def cmd_targets(args) -> int:
+    """Set the validation-loss targets of a protocol suite and write them."""
+    from l2o.cli.protocol import protocol_from_flags, run_targets_command
+
+    protocol = protocol_from_flags(args.config, None)
+    out = Path(args.out or protocol.targets_file)
+    return run_targets_command(protocol, out, resume=args.resume, argv=args.argv)
+
+
+def cmd_protocol(args) -> int:
+    """Time to target of optimizers in the external- and self-tuning tracks."""
+    from l2o.cli.protocol import TRACK_CHOICES, protocol_from_flags, run_protocol_command
+
+    protocol = protocol_from_flags(args.config, args.optimizers)
+    targets = Path(args.targets or protocol.targets_file)
+    return run_protocol_command(
+        protocol, targets, Path(args.out), tracks=TRACK_CHOICES[args.track], resume=args.resume
+    )
+
+
 def cmd_report(args) -> int:
     """Re-render an evaluation's report from its results.json."""
     from l2o.cli.evaluate import run_report_command
@@ -267,6 +287,24 @@ def build_parser() -> argparse.ArgumentParser:
     add_distributed_flags(p)
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser("targets", help="set a protocol suite's validation-loss targets")
+    p.add_argument("--config", type=Path, required=True,
+                   help="YAML protocol suite (e.g. configs/protocol_cpu.yaml)")  # fmt: skip
+    p.add_argument("--out", help="targets file to write (default: the config's targets.file)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    p.set_defaults(func=cmd_targets)
+
+    p = sub.add_parser("protocol", help="time to target in the external- and self-tuning tracks")
+    p.add_argument("--config", type=Path, required=True,
+                   help="YAML protocol suite (e.g. configs/protocol_cpu.yaml)")  # fmt: skip
+    p.add_argument("--optimizers", help="comma-separated optimizers (override the config)")
+    p.add_argument("--track", choices=("both", "external", "self"), default="both",
+                   help="which track to run")  # fmt: skip
+    p.add_argument("--targets", help="targets file (default: the config's targets.file)")
+    p.add_argument("--out", default="runs/protocol", help="output directory")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    p.set_defaults(func=cmd_protocol)
+
     p = sub.add_parser("report", help="re-render an evaluation report from results.json")
     p.add_argument("directory", help="output directory of `l2o evaluate`")
     p.set_defaults(func=cmd_report)
@@ -311,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `l2o` console script; returns the exit code."""
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     from tasks import DatasetError, UnknownNameError
 
     try:

@@ -6,6 +6,7 @@ loss axis is logarithmic wherever its values span more than a decade."""
 from __future__ import annotations
 
 import io
+import warnings
 from collections.abc import Mapping, Sequence
 
 import matplotlib
@@ -144,5 +145,40 @@ def lr_sensitivity(
         ax.set_xlabel("learning rate")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("final validation loss (x: diverged)")
+    _legend(fig, colour, names)
+    return _png(fig)
+
+
+def validation_curves(
+    curves: Mapping[str, Mapping[str, np.ndarray]],
+    eval_steps: Mapping[str, np.ndarray],
+    targets: Mapping[str, float],
+    colour: Mapping[str, tuple] | None = None,
+) -> bytes:
+    """One panel per task: each optimizer's validation loss (median over runs, min-max band)
+    against step, and the task's target as a dashed black line.
+
+    `curves[task][optimizer]` is a `[runs, evaluations]` array; `eval_steps[task]` its steps.
+    """
+    names = list(dict.fromkeys(n for by_optimizer in curves.values() for n in by_optimizer))
+    colour = colour or colours(names)
+    fig, axes = _panels(len(curves))
+    for ax, (task, by_optimizer) in zip(axes, curves.items(), strict=True):
+        steps = np.asarray(eval_steps[task])
+        for name, losses in by_optimizer.items():
+            losses = np.asarray(losses, np.float64)
+            losses = np.where(np.isfinite(losses), losses, np.nan)
+            with warnings.catch_warnings():  # a step at which every run had diverged: a gap
+                warnings.simplefilter("ignore", RuntimeWarning)
+                median, low, high = (f(losses, 0) for f in (np.nanmedian, np.nanmin, np.nanmax))
+            ax.plot(steps, median, color=colour[name], lw=1.4)
+            ax.fill_between(steps, low, high, color=colour[name], alpha=0.2, lw=0)
+        ax.axhline(targets[task], color="black", ls="--", lw=1)
+        ax.set_title(task)
+        ax.set_xlabel("step")
+        if spans_a_decade(*by_optimizer.values(), np.array([targets[task]])):
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("validation loss (dashed: target)")
     _legend(fig, colour, names)
     return _png(fig)

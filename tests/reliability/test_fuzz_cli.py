@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import math
 import shutil
 import time
@@ -49,6 +50,8 @@ FUZZED = (
     "evolve",
     "export-rule",
     "quickstart",
+    "targets",
+    "protocol",
 )
 # Commands with more flags get more cases.
 WEIGHTED = FUZZED + ("train", "train", "tune", "evaluate", "meta-train")
@@ -83,9 +86,11 @@ def stand_ins(monkeypatch) -> None:
     import l2o.cli.evaluate
     import l2o.cli.export
     import l2o.cli.meta_train
+    import l2o.cli.protocol
     import l2o.cli.quickstart
     import l2o.cli.train
     import l2o.cli.tune
+    import l2o.evaluation.protocol
     import search.evolution
     from l2o.evaluation.harness import optimizer_factory
     from search.interpreter import program_transform
@@ -167,6 +172,20 @@ def stand_ins(monkeypatch) -> None:
 
         return types.SimpleNamespace(init=init, step=step, finish=step)
 
+    def setter_score(task, name, space, num_steps, eval_every, *, num_trials, seeds, seed):
+        jnp.asarray(seeds), jax.random.key(seed)
+        assert 1 <= eval_every <= num_steps < 2**31 and 1 <= num_trials <= 1000
+        trial = {d.name: jnp.float32((d.low + d.high) / 2) for d in space.dims}
+        _one_step(task, l2o.evaluation.protocol.trial_optimizer(name, num_steps), trial)
+        raise Reached
+
+    def seconds_per_step(task, optimizer, num_steps):
+        assert 1 <= num_steps <= 10_000
+        _one_step(task, lambda: optimizer)
+        raise Reached
+
+    monkeypatch.setattr(l2o.evaluation.protocol, "setter_score", setter_score)
+    monkeypatch.setattr(l2o.cli.protocol, "seconds_per_step", seconds_per_step)
     monkeypatch.setattr(l2o.cli.train, "train_in_chunks", train)
     monkeypatch.setattr(l2o.cli.evaluate, "evaluate_suite", evaluate)
     monkeypatch.setattr(l2o.cli.tune, "_plan", plan)
@@ -237,6 +256,20 @@ def files(tmp_path):
         "proxy: {tasks: [rosenbrock], steps: 5, seeds: 1}\n"
         "population_size: 4\ntournament_size: 2\nbatch_size: 2\ngenerations: 2\n"
         "funnel: {tasks: [{name: quadratic_k100, options: {dim: 3}}], every: 1, top_k: 2}\n",
+        "protocol.yaml": "tasks: [rosenbrock, {name: quadratic_k100, options: {dim: 4}}]\n"
+        "optimizers: [adamw, {name: sgd, hparams: {learning_rate: 0.1}}]\n"
+        "steps: 6\neval_every: 2\nseeds: 1\ntiming_steps: 2\n"
+        f"targets: {{file: {root / 'targets.json'}, trials: 2, steps: 4}}\n"
+        "tuning: {trials: 1, studies: 2}\n",
+        "targets.json": json.dumps(
+            {
+                "command": "l2o targets",
+                "steps": 6,
+                "target_steps": 4,
+                "eval_every": 2,
+                "tasks": {"rosenbrock": {"target": 1.0}, "quadratic_k100": {"target": 1.0}},
+            }
+        ),  # fmt: skip
         "bad_options.yaml": "tasks: [{name: rosenbrock, options: {dim: banana}}]\n"
         "optimizers: [adam]\n",
         "bad_hparams.yaml": "tasks: [rosenbrock]\noptimizers: [{name: adam, hparams: "
@@ -279,7 +312,10 @@ def files(tmp_path):
 
 def _value_pools(files: Path, fresh: Path) -> dict[str, list[str]]:
     spaces = [str(files / n) for n in ("sgd_space.yaml", "adam_space.yaml", "fixed_space.yaml")]
-    configs = [str(files / n) for n in ("suite.yaml", "meta.yaml", "meta_mlp.yaml", "evolve.yaml")]
+    configs = [
+        str(files / n)
+        for n in ("suite.yaml", "meta.yaml", "meta_mlp.yaml", "evolve.yaml", "protocol.yaml")
+    ]
     return {
         "--task": CHEAP_TASKS,
         "--optimizer": ["adam", "sgd", "momentum", "lion", "adamw", "rmsprop"],
@@ -321,6 +357,8 @@ def _value_pools(files: Path, fresh: Path) -> dict[str, list[str]]:
         "--out": [str(fresh)],
         "--generations": ["1", "2"],
         "--name": ["rule"],
+        "--targets": [str(files / "targets.json")],
+        "--track": ["both", "self", "external"],
     }
 
 
@@ -475,7 +513,7 @@ def junk_kind(flag: str) -> str:
         return "number"
     if flag in NAME_FLAGS:
         return "name"
-    return "path" if flag in ("--space", "--config", "--out") else "any"
+    return "path" if flag in ("--space", "--config", "--out", "--targets") else "any"
 
 
 def templates(files: Path, fresh: Path) -> dict[str, list[list[str]]]:
@@ -564,6 +602,25 @@ def templates(files: Path, fresh: Path) -> dict[str, list[list[str]]]:
         ],
         "export-rule": [["export-rule", str(files / "rule.json"), "--out", out, "--name", "rule"]],
         "quickstart": [["quickstart", "--out", out, "--steps", "2", "--seeds", "1"]],
+        "targets": [
+            ["targets", "--config", str(files / "protocol.yaml"), "--out", str(fresh / "t.json")]
+        ],
+        "protocol": [
+            ["protocol", "--config", str(files / "protocol.yaml"), "--out", out],
+            [
+                "protocol",
+                "--config",
+                str(files / "protocol.yaml"),
+                "--track",
+                "self",
+                "--targets",
+                str(files / "targets.json"),
+                "--optimizers",
+                "adam,lion",
+                "--out",
+                out,
+            ],
+        ],  # fmt: skip
     }
 
 

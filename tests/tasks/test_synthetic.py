@@ -64,3 +64,26 @@ def test_logistic_regression_labels_follow_the_model():
     assert set(np.unique(np.asarray(y))) == {0.0, 1.0}
     loss, aux = task.loss(task.init(jax.random.key(0)), None, task.sample_batch(None, "test"))
     assert 0.3 < float(aux["accuracy"]) < 0.7  # near chance before training
+
+
+def test_ill_conditioned_least_squares_has_its_condition_number_in_rotated_features():
+    task = synthetic.ill_conditioned_least_squares(num_examples=4096, dim=8, condition=1e3)
+    x, y = task.data["train"]
+    covariance = np.cov(np.asarray(x, np.float64), rowvar=False)
+    eigenvalues = np.linalg.eigvalsh(covariance)
+    assert eigenvalues.max() / eigenvalues.min() == pytest.approx(1e3, rel=0.15)
+    # Rotated: no coordinate is an eigendirection, so the covariance is far from diagonal.
+    off_diagonal = covariance - np.diag(np.diag(covariance))
+    assert np.abs(off_diagonal).max() > 0.05 * np.abs(np.diag(covariance)).max()
+    # The least-squares solution fits the labels down to the noise (0.1^2 / 2).
+    design = np.c_[np.asarray(x, np.float64), np.ones(len(x))]
+    solution = np.linalg.lstsq(design, np.asarray(y, np.float64), rcond=None)[0]
+    params = {"w": jnp.asarray(solution[:-1], jnp.float32), "b": jnp.asarray(solution[-1])}
+    loss = float(task.loss(params, None, task.data["test"])[0])
+    assert loss == pytest.approx(0.005, rel=0.2)
+    assert float(task.loss(task.init(jax.random.key(0)), None, task.data["test"])[0]) > 0.1
+
+
+def test_ill_conditioned_least_squares_rejects_a_condition_below_one():
+    with pytest.raises(ValueError, match="condition"):
+        synthetic.ill_conditioned_least_squares(condition=0.5)
