@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import shlex
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from l2o.cli.builders import build_task, versions
 from l2o.cli.config import _mapping, check_keys, load_yaml, number, parse_suite
@@ -128,8 +131,6 @@ class Journal:
 
 
 def _command(argv: list[str]) -> str:
-    import shlex
-
     return " ".join(["l2o", *map(shlex.quote, argv)])
 
 
@@ -300,20 +301,22 @@ def run_protocol_command(
 
 
 def _track(track, task, spec, make, defaults, target, steps, every, seeds, p) -> dict[str, Any]:
-    if track == "self":
-        return protocol.self_tuning(task, make, defaults, target, steps, every, seeds=seeds)
-    if not protocol.has_learning_rate(spec):
+    """One track of one optimizer on one task, with its wall time (compilation included)."""
+    if track == "external" and not protocol.has_learning_rate(spec):
         return {"not_applicable": "a meta-trained optimizer has no learning rate to tune"}
-    return protocol.external_tuning(
-        task, make, protocol.default_space(spec), target, steps, every,
-        num_trials=p.trials, num_studies=p.studies, seed=p.seed,
-    )  # fmt: skip
+    t0 = time.perf_counter()
+    if track == "self":
+        out = protocol.self_tuning(task, make, defaults, target, steps, every, seeds=seeds)
+    else:
+        out = protocol.external_tuning(
+            task, make, protocol.default_space(spec), target, steps, every,
+            num_trials=p.trials, num_studies=p.studies, seed=p.seed,
+        )  # fmt: skip
+    return {**out, "wall_time_s": time.perf_counter() - t0}
 
 
 def _scalars(results: Mapping[str, Any]) -> dict:
     """`track/task/optimizer/valid_loss -> (steps, median over runs)` for TensorBoard."""
-    import numpy as np
-
     out = {}
     for track, by_task in results.items():
         for task, by_optimizer in by_task.items():

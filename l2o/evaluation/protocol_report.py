@@ -56,6 +56,7 @@ def aggregate(track: Mapping[str, Mapping[str, Any]], seconds: Mapping[str, Mapp
         }
     reached = np.isfinite(np.median(steps, axis=1))
     out["tasks_reached"] = {n: int(reached[:, k].sum()) for k, n in enumerate(names)}
+    out["wall_time_s"] = {n: sum(track[t][n].get("wall_time_s", 0.0) for t in track) for n in names}
     out["num_tasks"] = len(track)
     return out
 
@@ -103,8 +104,8 @@ def render_markdown(results: Mapping[str, Any]) -> str:
             lines += [
                 "",
                 "| optimizer | targets reached | profile score, seconds [95%] | "
-                "profile score, steps [95%] |",
-                "| --- | --- | --- | --- |",
+                "profile score, steps [95%] | wall time of the track |",
+                "| --- | --- | --- | --- | --- |",
             ]
             for name in summary["tasks_reached"]:
                 cells = [f"{summary['tasks_reached'][name]}/{summary['num_tasks']}"]
@@ -112,6 +113,7 @@ def render_markdown(results: Mapping[str, Any]) -> str:
                     s = summary[f"profile_score_{cost}"][name]
                     cells.append(f"{s['score']:.3f} [{s['interval'][0]:.3f}, "
                                  f"{s['interval'][1]:.3f}]")  # fmt: skip
+                cells.append(f"{summary.get('wall_time_s', {}).get(name, 0.0) / 60:.1f} min")
                 lines.append(f"| {name} | " + " | ".join(cells) + " |")
             lines += [
                 "",
