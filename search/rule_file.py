@@ -2,12 +2,17 @@
 "Symbolic Discovery of Optimization Algorithms", ship their rule as a program).
 
 A rule file is `{"format": "l2o-rule", "version": 1, "program": Program.to_json(), "metadata":
-{...}}`. Reading one parses JSON only and checks it against the op table and the limits below;
-every failure is a ValueError whose one-line message names the file.
+{...}, "sha256": "..."}`. Reading one parses JSON only and checks it against the op table and the
+limits below; every failure is a ValueError whose one-line message names the file.
+
+`sha256` binds the program to its metadata (fitness, learning rate, ...): the hex digest of the
+canonical JSON of the other four keys, so the layout of the file does not matter. A file whose
+content no longer matches it is refused; files written before it existed lack it and load.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -27,7 +32,7 @@ MAX_STRING = 256
 MAX_METADATA_ITEMS = 256
 DEFAULT_LEARNING_RATE = 1e-3
 MAX_LEARNING_RATE = 1e30  # float32 on the device, like the constants
-TOP_KEYS = ("format", "version", "program", "metadata")
+TOP_KEYS = ("format", "version", "program", "metadata", "sha256")
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,63}")
 _CODE = re.compile(
     r"__\w+__|\b(import|lambda|eval|exec|compile|getattr|globals|subprocess)\b|\bos\.|[`\n\r]|\$\(",
@@ -103,6 +108,14 @@ def check_metadata(metadata: Any, depth: int = 0) -> None:
         check_metadata(value, depth + 1)
 
 
+def _digest(document: dict[str, Any]) -> str:
+    """The sha256 of a (parsed) rule document's canonical JSON, its own digest left out."""
+    signed = {"format": document["format"], "version": document["version"],
+              "program": document["program"], "metadata": document.get("metadata", {})}  # fmt: skip
+    text = json.dumps(signed, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def _parse(text: str) -> tuple[Program, dict[str, Any]]:
     if _max_depth(text) > MAX_DEPTH:
         raise ValueError(f"JSON nested deeper than {MAX_DEPTH}")
@@ -114,7 +127,9 @@ def _parse(text: str) -> tuple[Program, dict[str, Any]]:
         raise ValueError("top level must be a JSON object")
     unknown = sorted(set(data) - set(TOP_KEYS))
     if unknown or "program" not in data:
-        raise ValueError(f"keys must be {list(TOP_KEYS)} ('metadata' optional); got {sorted(data)}")
+        raise ValueError(
+            f"keys must be {list(TOP_KEYS)} ('metadata' and 'sha256' optional); got {sorted(data)}"
+        )
     version = data.get("version")
     if data.get("format") != FORMAT or type(version) is not int or version != VERSION:
         raise ValueError(f"format must be {FORMAT!r} version {VERSION}")
@@ -122,11 +137,17 @@ def _parse(text: str) -> tuple[Program, dict[str, Any]]:
     if not isinstance(metadata, dict):
         raise ValueError("metadata must be a JSON object")
     check_metadata(metadata)
-    return Program.from_json(data["program"]), metadata
+    program = Program.from_json(data["program"])
+    if "sha256" in data and data["sha256"] != _digest(data):
+        raise ValueError(
+            "sha256 mismatch: the program or its metadata changed after the file was written"
+        )
+    return program, metadata
 
 
 def read_rule(path: str | os.PathLike) -> tuple[Program, dict[str, Any]]:
-    """`(program, metadata)` of a rule file, fully checked; never executes anything."""
+    """`(program, metadata)` of a rule file, fully checked (its sha256 too, when it has one);
+    never executes anything."""
     try:
         size = os.path.getsize(path)
         if size > MAX_FILE_BYTES:
@@ -186,13 +207,16 @@ def load_rule(
 def save_rule(
     path: str | os.PathLike, program: Program, metadata: dict[str, Any] | None = None
 ) -> None:
-    """Write `program` and `metadata` as a rule file, atomically (temporary file, `os.replace`)."""
+    """Write `program` and `metadata` as a rule file with their sha256, atomically (temporary
+    file, `os.replace`)."""
     metadata = {} if metadata is None else metadata
     if not isinstance(metadata, dict):
         raise ValueError("metadata must be a dict")
     check_metadata(metadata)
     document = {"format": FORMAT, "version": VERSION, "program": program.to_json(),
                 "metadata": metadata}  # fmt: skip
+    # The digest of the document as it reads back (JSON turns tuples into lists, and so on).
+    document["sha256"] = _digest(json.loads(json.dumps(document, allow_nan=False)))
     text = json.dumps(document, indent=1, allow_nan=False) + "\n"
     if len(text.encode()) > MAX_FILE_BYTES:
         raise ValueError(f"rule file would exceed {MAX_FILE_BYTES} bytes")

@@ -4,7 +4,10 @@ gradient estimators (bad values become one-line UserErrors), and the versions a 
 from __future__ import annotations
 
 import platform
+import re
+import sys
 from importlib import metadata
+from pathlib import Path
 
 from l2o.io import UserError
 
@@ -82,3 +85,23 @@ def check_step(task, make_optimizer, what: str, grad_fn=None) -> None:
         jax.eval_shape(step, jax.random.key(0))
     except (TypeError, ValueError, ArithmeticError, IndexError) as e:
         raise UserError(f"{what}: {' '.join(str(e).split())[:300]}") from None
+
+
+def path_exists(path: Path) -> bool:
+    """`path.exists()`, True where the path cannot even be checked (check_writable_dir then
+    says what is wrong with it)."""
+    try:
+        return path.expanduser().exists()
+    except (OSError, RuntimeError, ValueError):
+        return True
+
+
+def check_resumable(out: Path, run_files: re.Pattern, what: str, start: str) -> None:
+    """`--resume` on a folder without checkpoints: UserError, unless `out` holds only
+    `run_files` (what a run killed before its first checkpoint leaves); then the run starts at
+    `start`, said on stderr."""
+    if any(not run_files.fullmatch(p.name) for p in out.iterdir()):
+        raise UserError(f"nothing to resume: {out} holds no {what} checkpoint; start the run "
+                        "without --resume")  # fmt: skip
+    print(f"l2o: no checkpoint in {out} yet (the run stopped before its first); starting from "
+          f"{start}", file=sys.stderr)  # fmt: skip

@@ -15,7 +15,7 @@ from l2o.cli.distributed import is_writer, on_writer
 from l2o.cli.progress import progress_bar
 from l2o.evaluation.harness import evaluate_suite
 from l2o.evaluation.report import write_report
-from l2o.io import UserError, check_writable_dir, read_json, write_json_atomic
+from l2o.io import UserError, check_writable_dir, read_json, write_bytes_atomic, write_json_atomic
 
 
 def suite_from_flags(
@@ -86,14 +86,29 @@ def run_evaluate_command(suite, out: Path) -> int:
     return 0
 
 
+def write_protocol_report(out: Path, results: dict[str, Any]) -> None:
+    """`report.md` and the figures of `l2o protocol` results."""
+    from l2o.evaluation.protocol_report import figures, render_markdown
+
+    markdown, pngs = render_markdown(results), figures(results)  # both made before any write
+    for name, png in pngs.items():
+        write_bytes_atomic(out / name, png)
+    write_bytes_atomic(out / "report.md", markdown.encode())
+
+
 def run_report_command(directory: Path) -> int:
-    """Re-render `report.md` and the plots of an evaluation from its `results.json`."""
+    """Re-render `report.md` and the plots of an evaluation (or a protocol run) from its
+    `results.json`."""
     results = read_json(Path(directory) / "results.json")
-    if not isinstance(results, dict) or results.get("command") != "evaluate":
-        raise UserError(f"{directory}/results.json is not the result of `l2o evaluate`")
+    if not isinstance(results, dict) or results.get("command") not in ("evaluate", "protocol"):
+        raise UserError(f"{directory}/results.json is not the result of `l2o evaluate` or "
+                        "`l2o protocol`")  # fmt: skip
     try:
-        write_report(Path(directory), results, tensorboard=False)
-    except (KeyError, TypeError, ValueError, IndexError) as e:
+        if results["command"] == "protocol":
+            write_protocol_report(Path(directory), results)
+        else:
+            write_report(Path(directory), results, tensorboard=False)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
         raise UserError(
             f"{directory}/results.json is malformed ({type(e).__name__}: {e})"
         ) from None

@@ -14,7 +14,7 @@ from typing import Any
 
 from rich.progress import Progress
 
-from l2o.cli.builders import versions
+from l2o.cli.builders import check_resumable, path_exists, versions
 from l2o.cli.config import load_yaml
 from l2o.cli.distributed import is_writer, on_writer
 from l2o.cli.evolve_config import EvolveRun, parse_evolve_run
@@ -23,6 +23,7 @@ from l2o.io import (
     UserError,
     check_writable_dir,
     remove_stale_temp_files,
+    to_jsonable,
     write_bytes_atomic,
     write_json_atomic,
     write_scalars,
@@ -31,12 +32,38 @@ from l2o.io import (
 CHECKPOINT = re.compile(r"evolve_(\d{8})\.json$")
 CHECKPOINT_HEADER = "l2o-evolve-checkpoint 1 sha256="
 KEEP_CHECKPOINTS = 3
+RUN_FILES = re.compile(r"events\.out\.tfevents\..*")
+"""What a run killed before its first checkpoint may leave (besides temp files)."""
 
 
 def _config_digest(data: dict) -> str:
-    """What must not change across a resume: the config without `generations`."""
+    """What must not change across a resume: the config without `generations` (checkpoints
+    record it with the config since; older ones only have this digest)."""
     fixed = {k: v for k, v in data.items() if k != "generations"}
     return hashlib.sha256(json.dumps(fixed, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _plain(data: dict) -> Any:
+    """The config as a checkpoint stores it (plain JSON, non-finite numbers as null)."""
+    return to_jsonable(json.loads(json.dumps(data, default=str)))
+
+
+def _check_config(payload: dict, data: dict, config_path: Path, out: Path) -> None:
+    """UserError naming the keys in which `data` differs from the checkpoint's config, apart
+    from `generations` (the one change a resume allows)."""
+    from l2o.meta.checkpoint import config_changes
+
+    if "config" in payload:
+        changes = config_changes(payload["config"], _plain(data), ignore=("generations",))
+    else:  # a checkpoint of an older l2o: only the digest tells
+        same = payload.get("config_digest") == _config_digest(data)
+        changes = [] if same else ["which keys, its checkpoints (of an older l2o) do not say"]
+    if changes:
+        raise UserError(
+            f"{config_path} differs from the config the run in {out} was started with: "
+            f"{'; '.join(changes)}; only --generations may change on --resume (or choose a new "
+            "--out)"
+        )
 
 
 def list_checkpoints(directory: Path) -> list[Path]:
@@ -169,23 +196,28 @@ def run_evolve_command(
     writer = is_writer()  # with several processes, all evolve alike and process 0 writes
 
     def prepare() -> tuple[Path, list[Path]]:
+        if resume and not path_exists(out):  # checked before the folder is made
+            raise UserError(f"nothing to resume: {out} does not exist")
         checked = check_writable_dir(out)
         found = list_checkpoints(checked)
         if found and not resume:
             raise UserError(f"{out} already holds checkpoints; pass --resume or choose a new --out")
         if resume:
             remove_stale_temp_files(checked)  # left by a killed run
+            if not found:
+                check_resumable(checked, RUN_FILES, "evolution", "generation 0")
         return checked, found
 
     out, existing = on_writer(prepare) or (out, [])
     if resume and not writer:  # the others read the checkpoints from the shared output folder
         existing = list_checkpoints(out)
-    digest = _config_digest(data)
+    digest, plain = _config_digest(data), _plain(data)
     evolution = make_evolution(run.config, run.proxy, run.funnel)
     unsaved: list[dict] = []
 
     def save() -> None:
-        payload = {"config_digest": digest, "state": state, "history": history, "timing": timing}
+        payload = {"config_digest": digest, "config": plain, "state": state, "history": history,
+                   "timing": timing}  # fmt: skip
         if writer:
             write_scalars(out, _scalars(unsaved))
             save_checkpoint(out, state["generation"], payload)
@@ -196,8 +228,7 @@ def run_evolve_command(
         payload, skipped = load_latest_checkpoint(out)
         for reason in skipped if writer else ():
             print(f"l2o: skipped a checkpoint: {reason}")
-        if payload.get("config_digest") != digest:
-            raise UserError(f"{config_path} differs from the config of the run in {out}")
+        _check_config(payload, data, config_path, out)
         state, history, timing = payload["state"], payload["history"], payload["timing"]
     else:
         state, metrics = evolution.init(jax.random.key(run.seed))

@@ -305,8 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     p.set_defaults(func=cmd_protocol)
 
-    p = sub.add_parser("report", help="re-render an evaluation report from results.json")
-    p.add_argument("directory", help="output directory of `l2o evaluate`")
+    p = sub.add_parser("report", help="re-render a report (evaluate, protocol) from results.json")
+    p.add_argument("directory", help="output directory of `l2o evaluate` or `l2o protocol`")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("meta-train", help="meta-train a learned optimizer")

@@ -4,6 +4,8 @@ exact resume after a kill; the final theta is exported as one optimizer file."""
 from __future__ import annotations
 
 import dataclasses
+import re
+import sys
 import time
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import jax
 import numpy as np
 from rich.progress import Progress
 
-from l2o.cli.builders import build_task, check_step, versions
+from l2o.cli.builders import build_task, check_resumable, check_step, path_exists, versions
 from l2o.cli.config import MetaRun, load_yaml, parse_meta_run
 from l2o.cli.distributed import broadcast_from_writer, is_writer, on_writer
 from l2o.cli.progress import progress_bar
@@ -30,6 +32,8 @@ from tasks import train
 from tasks.sharding import device_mesh, put_replicated, shard_population
 
 HELDOUT_SEED = 10_000
+RUN_FILES = re.compile(r"events\.out\.tfevents\..*|meta_metrics\.json")
+"""What a run killed before its first checkpoint may leave (besides temp files)."""
 
 
 def make_heldout_evaluation(tasks, transform, horizon: int, seeds: int = 2, *, mesh=None):
@@ -68,6 +72,24 @@ def _history_scalars(history: list[dict]) -> dict:
     return scalars
 
 
+def _history_until(path: Path, step: int) -> list[dict]:
+    """The rows of `meta_metrics.json` up to outer step `step`; if the file is missing or
+    malformed, none (said on stderr): resuming needs only the checkpoint."""
+    try:
+        rows = read_json(path)
+    except UserError as e:
+        problem = " ".join(str(e).split())
+    else:
+        rows = rows if isinstance(rows, list) else [None]
+        steps = [r.get("step") if isinstance(r, dict) else None for r in rows]
+        if all(type(s) is int for s in steps) and all(map(int.__lt__, steps, steps[1:])):
+            return [r for r in rows if r["step"] <= step]
+        problem = f"{path} is not a list of rows with increasing steps"
+    print(f"l2o: {problem}; the metrics of outer steps up to {step} are lost and "
+          f"{path.name} starts again after them", file=sys.stderr)  # fmt: skip
+    return []
+
+
 def run_meta_train_command(config_path: Path, out: Path, *, resume: bool, steps: int | None) -> int:
     """Meta-train per `config_path` into `out` (checkpoints, events, metrics, optimizer file)."""
     from l2o.optimizers.file_format import save_learned
@@ -87,18 +109,41 @@ def run_meta_train_command(config_path: Path, out: Path, *, resume: bool, steps:
     # With several processes (l2o.cli.distributed), all compute and only process 0 writes.
     writer = is_writer()
 
-    def prepare() -> tuple[Path, list[Path]]:
+    def prepare() -> tuple[Path, checkpoint.Stored | None]:
+        if resume and not path_exists(out):  # checked before the folder is made
+            raise UserError(f"nothing to resume: {out} does not exist")
         directory = check_writable_dir(out)
         existing = checkpoint.list_checkpoints(directory)
         if existing and not resume:
             raise UserError(
                 f"{directory} already holds checkpoints; pass --resume or choose a new --out"
             )
-        if resume:
-            remove_stale_temp_files(directory)  # left by a killed run
-        return directory, existing
+        if not resume:
+            return directory, None
+        remove_stale_temp_files(directory)  # left by a killed run
+        if not existing:
+            check_resumable(directory, RUN_FILES, "meta-training", "step 0")
+            return directory, None
+        # The newest checkpoint that reads (a torn one is skipped), checked against the config
+        # before its arrays are fitted to the run: a changed config is named as such.
+        try:
+            stored, skipped = checkpoint.read_latest(directory)
+        except checkpoint.CheckpointError as e:
+            raise UserError(str(e)) from None
+        for reason in skipped:
+            print(f"l2o: skipped a checkpoint: {reason}")
+        changes = checkpoint.config_changes(
+            stored.meta.get("config"), data, ignore=("outer.steps",)
+        )
+        if changes:
+            raise UserError(
+                f"{config_path} differs from the config the run in {directory} was started "
+                f"with: {'; '.join(changes)}; only --steps may change on --resume (or choose a "
+                "new --out)"
+            )
+        return directory, stored
 
-    out, existing = on_writer(prepare) or (out, [])
+    out, stored = on_writer(prepare) or (out, None)
     mesh = device_mesh()
     trainer = make_meta_trainer(
         list(tasks.values()), init_theta, transform, run.objective, run.estimator, run.outer,
@@ -108,16 +153,13 @@ def run_meta_train_command(config_path: Path, out: Path, *, resume: bool, steps:
     history: list[dict] = []
 
     def load() -> tuple[MetaState, list[dict]]:
-        if not existing:
+        if stored is None:
             return state, []
         try:
-            loaded, meta, skipped = checkpoint.load_latest(out, state)
+            loaded = checkpoint.fit(stored, state)
         except checkpoint.CheckpointError as e:
             raise UserError(str(e)) from None
-        rows = [r for r in read_json(out / "meta_metrics.json") if r["step"] <= meta["step"]]
-        for reason in skipped:
-            print(f"l2o: skipped a checkpoint: {reason}")
-        return loaded, rows
+        return loaded, _history_until(out / "meta_metrics.json", int(stored.meta["step"]))
 
     if resume:  # process 0 reads the checkpoint; every device of every process gets it
         state, history = on_writer(load) or (state, [])

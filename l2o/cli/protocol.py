@@ -22,13 +22,12 @@ from l2o.cli.config import _mapping, check_keys, load_yaml, number, parse_suite
 from l2o.cli.progress import progress_bar
 from l2o.evaluation import protocol
 from l2o.evaluation.harness import Suite, seconds_per_step
-from l2o.evaluation.protocol_report import TRACKS, aggregate, figures, render_markdown
+from l2o.evaluation.protocol_report import TRACKS, aggregate
 from l2o.io import (
     UserError,
     check_writable_dir,
     read_json,
     to_jsonable,
-    write_bytes_atomic,
     write_json_atomic,
     write_scalars,
 )
@@ -212,7 +211,7 @@ def run_protocol_command(
 ) -> int:
     """Both tracks (or one) for every optimizer x task of `p`; results.json, report.md, the
     validation-curve figure and TensorBoard events in `out` (journal: `out/journal.json`)."""
-    from l2o.cli.evaluate import check_suite_runs
+    from l2o.cli.evaluate import check_suite_runs, write_protocol_report
 
     targets = load_targets(targets_path, p)
     targets_command = read_json(targets_path).get("command", "?")
@@ -289,11 +288,9 @@ def run_protocol_command(
         "wall_time_s": time.perf_counter() - t0,
         "versions": versions(),
     }
-    for name, png in figures(report).items():
-        write_bytes_atomic(out / name, png)
-    write_bytes_atomic(out / "report.md", render_markdown(report).encode())
-    write_scalars(out, _scalars(results))
     write_json_atomic(out / "results.json", report)
+    write_protocol_report(out, report)
+    write_scalars(out, _scalars(results))
     (out / "journal.json").unlink()
     print(f"time to target of {len(names)} optimizers on {len(p.suite.tasks)} tasks in "
           f"{report['wall_time_s']:.0f} s: {out / 'report.md'}")  # fmt: skip

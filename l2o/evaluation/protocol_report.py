@@ -61,12 +61,23 @@ def aggregate(track: Mapping[str, Mapping[str, Any]], seconds: Mapping[str, Mapp
     return out
 
 
-def _cell(entry: Mapping[str, Any], per_step: float) -> str:
+def closest_to_target(entry: Mapping[str, Any], target: float) -> float:
+    """Median over runs of the lowest validation loss reached, divided by the target (how far a
+    run that missed it stayed; NaN without curves)."""
+    if "valid_loss" not in entry:
+        return float("nan")
+    curves = np.array(entry["valid_loss"], np.float64)  # None (diverged) -> NaN
+    curves = np.where(np.isfinite(curves), curves, np.inf)
+    return float(np.median(curves.min(-1)) / target)
+
+
+def _cell(entry: Mapping[str, Any], per_step: float, target: float) -> str:
     if "not_applicable" in entry:
         return "n/a"
     steps = entry.get("steps")
     if steps is None or not np.isfinite(steps):
-        return "missed"
+        closest = closest_to_target(entry, target)
+        return f"missed ({closest:.2f}x)" if np.isfinite(closest) else "missed"
     return f"{steps:.0f} ({steps * per_step:.2f} s)"
 
 
@@ -82,8 +93,9 @@ def render_markdown(results: Mapping[str, Any]) -> str:
         f"`{results['targets_command']}`). Budget: {results['steps']} steps, validation every "
         f"{results['eval_every']} steps. A cell gives the steps to reach the target and, in "
         "parentheses, the seconds (steps x the optimizer's measured seconds per step on the "
-        "task, compilation excluded); `missed`: not reached within the budget; `n/a`: a "
-        "meta-trained optimizer has no learning rate to tune.",
+        "task, compilation excluded); `missed (r)`: not reached within the budget, the lowest "
+        "validation loss reached being r times the target (median over studies or seeds); "
+        "`n/a`: a meta-trained optimizer has no learning rate to tune.",
         "",
         "| task | target | set by |",
         "| --- | --- | --- |",
@@ -97,7 +109,8 @@ def render_markdown(results: Mapping[str, Any]) -> str:
         header = "| task | " + " | ".join(optimizers) + " |"
         lines += [f"## {TRACK_TITLES[track_name]}", "", header, header_rule(header)]
         for task, by_optimizer in track.items():
-            cells = [_cell(by_optimizer[n], seconds[task][n]) for n in optimizers]
+            target = targets[task]["target"]
+            cells = [_cell(by_optimizer[n], seconds[task][n], target) for n in optimizers]
             lines.append(f"| {task} | " + " | ".join(cells) + " |")
         summary = results["aggregates"].get(track_name) or {}
         if summary:

@@ -2,7 +2,8 @@
 
 The tree structure is not stored: a checkpoint is loaded into a template of the same structure
 (rebuilt from the run's config), and every leaf's shape and dtype must match it. Typed PRNG keys
-are stored as their key data.
+are stored as their key data. `config_changes` says what differs between the config stored with a
+checkpoint and the one a resumed run was given.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import io
 import json
 import re
 import zipfile
+from collections.abc import Collection
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -65,16 +67,46 @@ def list_checkpoints(directory: str | Path) -> list[Path]:
     return sorted(p for p in directory.iterdir() if PATTERN.search(p.name))
 
 
-def load(path: str | Path, template: PyTree) -> tuple[PyTree, dict]:
-    """The tree stored at `path`, shaped like `template`; CheckpointError if it does not fit."""
+class Stored(NamedTuple):
+    """A checkpoint read and checked against its sha256, not yet fitted to a template."""
+
+    path: Path
+    leaves: list[np.ndarray]
+    meta: dict
+
+
+def read(path: str | Path) -> Stored:
+    """The arrays and metadata stored at `path`; CheckpointError if torn or corrupt."""
     try:
         with np.load(path, allow_pickle=False) as f:
             meta = json.loads(bytes(f["__metadata__"]).decode())
             leaves = [f[f"leaf_{i:05d}"] for i in range(int(meta["num_leaves"]))]
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError, EOFError) as e:
+    except (
+        OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, json.JSONDecodeError,
+        EOFError,
+    ) as e:  # fmt: skip
         raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__})") from None
     if _digest(leaves) != meta.get("sha256"):
         raise CheckpointError(f"{path}: checksum mismatch (torn or corrupt file)")
+    return Stored(Path(path), leaves, meta)
+
+
+def read_latest(directory: str | Path) -> tuple[Stored, list[str]]:
+    """The newest checkpoint that reads; also the reasons newer ones were skipped."""
+    skipped = []
+    for path in reversed(list_checkpoints(directory)):
+        try:
+            return read(path), skipped
+        except CheckpointError as e:
+            skipped.append(str(e))
+    raise CheckpointError(
+        f"no usable checkpoint in {directory}" + (f" ({'; '.join(skipped)})" if skipped else "")
+    )
+
+
+def fit(stored: Stored, template: PyTree) -> PyTree:
+    """The stored arrays as a tree shaped like `template`; CheckpointError if they do not fit."""
+    path, leaves = stored.path, stored.leaves
     template_leaves, treedef = jax.tree.flatten(template)
     if len(template_leaves) != len(leaves):
         raise CheckpointError(
@@ -91,7 +123,13 @@ def load(path: str | Path, template: PyTree) -> tuple[PyTree, dict]:
         if _is_key(t):
             x = jax.random.wrap_key_data(x, impl=jax.random.key_impl(t))
         out.append(x)
-    return jax.tree.unflatten(treedef, out), meta
+    return jax.tree.unflatten(treedef, out)
+
+
+def load(path: str | Path, template: PyTree) -> tuple[PyTree, dict]:
+    """The tree stored at `path`, shaped like `template`; CheckpointError if it does not fit."""
+    stored = read(path)
+    return fit(stored, template), stored.meta
 
 
 def load_latest(directory: str | Path, template: PyTree) -> tuple[PyTree, dict, list[str]]:
@@ -106,3 +144,46 @@ def load_latest(directory: str | Path, template: PyTree) -> tuple[PyTree, dict, 
     raise CheckpointError(
         f"no usable checkpoint in {directory}" + (f" ({'; '.join(skipped)})" if skipped else "")
     )
+
+
+_UNSET = object()
+
+
+def _same(a: Any, b: Any) -> bool:
+    if a is _UNSET or b is _UNSET:
+        return a is b
+    numbers = all(isinstance(x, int | float) and not isinstance(x, bool) for x in (a, b))
+    if numbers and a == b:  # 1 and 1.0
+        return True
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+def _show(value: Any, width: int = 60) -> str:
+    text = "unset" if value is _UNSET else json.dumps(value, sort_keys=True)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _changes(old: Any, new: Any, ignore: Collection[str], path: str) -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = [*old, *(k for k in new if k not in old)]
+        pairs = [(k, old.get(k, _UNSET), new.get(k, _UNSET)) for k in keys]
+    elif isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        pairs = list(zip(range(len(old)), old, new, strict=True))
+    else:
+        return [] if _same(old, new) else [f"{path or 'the config'}: {_show(old)} -> {_show(new)}"]
+    out = []
+    for key, a, b in pairs:
+        where = f"{path}.{key}" if path else str(key)
+        if where not in ignore:
+            out += _changes(a, b, ignore, where)
+    return out
+
+
+def config_changes(old: Any, new: Any, ignore: Collection[str] = ()) -> list[str]:
+    """`["outer.learning_rate: 0.003 -> 0.01", ...]`: each value (dotted path) that differs
+    between two JSON-like configs, except the paths in `ignore`; [] if they are the same."""
+
+    def plain(x):
+        return json.loads(json.dumps(x, default=str))
+
+    return _changes(plain(old), plain(new), ignore, "")

@@ -4,14 +4,19 @@ in the safetensors layout (no pickle, nothing executed on load).
 Layout: an 8-byte little-endian unsigned header length `n`; `n` bytes of UTF-8 JSON mapping each
 theta leaf (`/`-joined dict path) to `{"dtype": "F32", "shape": [...], "data_offsets": [b, e]}`,
 plus `"__metadata__"`, a dict of strings: `format` (`l2o-learned-optimizer`), `format_version`,
-`architecture`, `config` (JSON) and `metadata` (JSON); then the leaves' raw little-endian bytes,
-back to back (the safetensors format, so its tools can inspect the file).
+`architecture`, `config` (JSON), `metadata` (JSON) and `sha256`; then the leaves' raw
+little-endian bytes, back to back (the safetensors format, so its tools can inspect the file).
+
+`sha256` is the hex digest of everything but the metadata's `date`: the canonical JSON of the
+format, version, architecture, config, metadata and leaf table, a newline, then the data. A file
+whose content no longer matches it is refused; files written before it existed lack it and load.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 import json
 import math
 import os
@@ -36,6 +41,8 @@ MAX_HEADER_BYTES = 1 << 20
 """Headers are a few kilobytes; anything above this is rejected before it is read."""
 LEAF_KEYS = {"dtype", "shape", "data_offsets"}
 METADATA_KEYS = {"format", "format_version", "architecture", "config", "metadata"}
+DIGEST_KEY = "sha256"
+"""The one optional `__metadata__` key (absent in files written before it)."""
 PACKAGES = ("l2o", "jax", "jaxlib", "optax", "numpy", "dm-haiku")
 
 
@@ -88,6 +95,19 @@ def _dumps(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
+def _signed(name: str, config_text: str, info: Mapping[str, Any], leaves: Mapping) -> bytes:
+    """What the digest covers besides the data: everything but the wall-clock `date`."""
+    return _dumps({
+        "format": FORMAT, "format_version": FORMAT_VERSION, "architecture": name,
+        "config": config_text, "metadata": {k: v for k, v in info.items() if k != "date"},
+        "leaves": leaves,
+    }).encode()  # fmt: skip
+
+
+def _digest(signed: bytes, data: bytes) -> str:
+    return hashlib.sha256(signed + b"\n" + data).hexdigest()
+
+
 def encode(
     name: str, config: Any, theta: Mapping[str, Any], metadata: Mapping[str, Any] | None = None
 ) -> bytes:
@@ -120,16 +140,19 @@ def encode(
         "versions": package_versions(),
         **to_jsonable(dict(metadata or {})),
     }
+    config_text = _dumps(registry.config_to_dict(config_obj))
+    data = b"".join(chunks)
     header["__metadata__"] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "architecture": name,
-        "config": _dumps(registry.config_to_dict(config_obj)),
+        "config": config_text,
         "metadata": _dumps(info),
+        DIGEST_KEY: _digest(_signed(name, config_text, info, header), data),
     }
     text = _dumps(header).encode()
     text += b" " * (-len(text) % 8)  # safetensors pads the header to 8 bytes
-    return struct.pack("<Q", len(text)) + text + b"".join(chunks)
+    return struct.pack("<Q", len(text)) + text + data
 
 
 def save_learned(
@@ -196,13 +219,16 @@ def _is_int(x: Any) -> bool:
 
 
 class Header(NamedTuple):
-    """A validated header: architecture, config, metadata, leaf entries, data size in bytes."""
+    """A validated header: architecture, config, metadata, leaf entries, data size in bytes, and
+    the stored digest (None in older files) with the header bytes it covers."""
 
     name: str
     config: Any
     metadata: dict[str, Any]
     leaves: dict[str, tuple[tuple[int, ...], int, int]]
     data_bytes: int
+    sha256: str | None = None
+    signed: bytes = b""
 
 
 def header_length(prefix: bytes) -> int:
@@ -227,8 +253,10 @@ def parse_header(text: bytes) -> Header:
         raise ValueError(f"not a learned-optimizer file (format {meta.get('format')!r})")
     if meta.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"unsupported format_version {meta.get('format_version')!r}")
-    if set(meta) != METADATA_KEYS:
-        raise ValueError(f"__metadata__ keys must be {', '.join(sorted(METADATA_KEYS))}")
+    if not METADATA_KEYS <= set(meta) <= METADATA_KEYS | {DIGEST_KEY}:
+        raise ValueError(
+            f"__metadata__ keys must be {', '.join(sorted(METADATA_KEYS))} (and {DIGEST_KEY})"
+        )
     name = meta["architecture"]
     config_dict = _parse_json(meta["config"], "config")
     info = _parse_json(meta["metadata"], "metadata")
@@ -262,11 +290,13 @@ def parse_header(text: bytes) -> Header:
         if begin != position:
             raise ValueError("leaf data overlaps or leaves gaps")
         position = end
-    return Header(name, config, info, leaves, data_bytes)
+    signed = _signed(name, meta["config"], info, header)
+    return Header(name, config, info, leaves, data_bytes, meta.get(DIGEST_KEY), signed)
 
 
 def parse_data(header: Header, data: bytes) -> dict[str, Any]:
-    """Theta (float32 arrays) from the data section; ValueError for non-finite values."""
+    """Theta (float32 arrays) from the data section; ValueError for non-finite values or a file
+    whose content does not match its sha256."""
     if len(data) != header.data_bytes:
         raise ValueError(f"data section has {len(data)} bytes, expected {header.data_bytes}")
     flat = {}
@@ -275,6 +305,10 @@ def parse_data(header: Header, data: bytes) -> dict[str, Any]:
         if not np.all(np.isfinite(array)):
             raise ValueError(f"leaf {path!r} holds non-finite values")
         flat[path] = jnp.asarray(array.astype(np.float32))
+    if header.sha256 is not None and header.sha256 != _digest(header.signed, data):
+        raise ValueError(
+            f"{DIGEST_KEY} mismatch: theta, config or metadata changed after the file was written"
+        )
     return _unflatten(flat)
 
 
@@ -295,9 +329,9 @@ def load_learned(
     `optimizer` is `transform(theta)`; `info` holds `name`, `config` (the dataclass), `theta`,
     `metadata` and `path`. Everything is validated before use (header size before it is read,
     JSON structure, format, architecture, config keys and types, every leaf's presence, shape,
-    dtype and offsets, the file's size before the data is read, finite values); any problem
-    raises a ValueError with a one-line message naming the file. Nothing is unpickled or
-    evaluated.
+    dtype and offsets, the file's size before the data is read, finite values, the sha256 of
+    its content when it has one); any problem raises a ValueError with a one-line message naming
+    the file. Nothing is unpickled or evaluated.
     """
     try:
         size = os.path.getsize(path)

@@ -303,6 +303,7 @@ def files(tmp_path):
         ("report_list", "[1]"),
         ("report_empty_tasks", texts["junk.json"]),
         ("report_other", '{"command": "train"}'),
+        ("report_protocol", '{"command": "protocol", "tracks": {"self": 3}}'),
     ):
         (root / name).mkdir()
         (root / name / "results.json").write_text(content)
@@ -805,7 +806,15 @@ def test_export_reads_the_newest_readable_checkpoint(
 
 
 @pytest.mark.parametrize(
-    "name", ["report_junk", "report_list", "report_empty_tasks", "report_other", "report_none"]
+    "name",
+    [
+        "report_junk",
+        "report_list",
+        "report_empty_tasks",
+        "report_other",
+        "report_protocol",
+        "report_none",
+    ],
 )
 def test_report_of_a_bad_results_file_is_one_line(files, name):
     before = sorted(p.name for p in (files / name).iterdir())

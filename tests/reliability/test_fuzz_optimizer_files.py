@@ -1,9 +1,9 @@
 """Fuzzed learned-optimizer files through `l2o.optimizers.file_format.load_learned`: random bytes,
-and valid files of every architecture mutated (truncated, a header length that lies, wrong dtypes,
-shapes and offsets, unknown architectures and config values, NaN or inf in theta, flipped and
-appended bytes). Every case ends in an optimizer whose update traces and whose theta is finite,
-or in a one-line ValueError naming the file, quickly (no config can make the loader build a huge
-network)."""
+and valid files of every architecture, with their sha256 and without it (as written before it
+existed), mutated (truncated, a header length that lies, wrong dtypes, shapes and offsets, unknown
+architectures and config values, NaN or inf in theta, flipped and appended bytes). Every case ends
+in an optimizer whose update traces and whose theta is finite, or in a one-line ValueError naming
+the file, quickly (no config can make the loader build a huge network)."""
 
 from __future__ import annotations
 
@@ -43,6 +43,13 @@ def valid_files() -> dict[str, bytes]:
         out[name] = path.read_bytes()
         path.unlink()
     return out
+
+
+def without_digest(data: bytes) -> bytes:
+    """The file as written before files carried a sha256."""
+    header, body = split(data)
+    del header["__metadata__"]["sha256"]
+    return join(header, body)
 
 
 def split(data: bytes) -> tuple[dict, bytes]:
@@ -198,13 +205,14 @@ def check_loaded(optimizer, info) -> None:
 @pytest.mark.slow
 def test_fuzzed_optimizer_files(tmp_path, fuzz, time_limit):
     valid = valid_files()
+    old = {name: without_digest(data) for name, data in valid.items()}
     path = tmp_path / "opt.safetensors"
     outcomes = {"ok": 0, "error": 0}
     files = st.one_of(
-        st.sampled_from(sorted(valid.values())),
+        st.sampled_from(sorted([*valid.values(), *old.values()])),
         mutations(valid),
-        mutations(valid),
-        mutations(valid),
+        mutations(old),
+        mutations(old),
         st.binary(max_size=300),
     )
 

@@ -141,3 +141,62 @@ def test_saved_rule_files_get_the_mode_of_any_new_file(tmp_path):
     finally:
         os.umask(umask)
     assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o644
+
+
+def saved_rule(path) -> str:
+    """A rule file `save_rule` wrote (Lion, with a fitness); its text."""
+    save_rule(path, get_program("lion"), {"learning_rate": 0.01, "fitness": -0.4375})
+    return path.read_text()
+
+
+@pytest.mark.parametrize(
+    "old, new",
+    [('"op": "mul"', '"op": "add"'), ('"fitness": -0.4375', '"fitness": -0.5'),
+     ('"learning_rate": 0.01', '"learning_rate": 0.02'), ('"const": 0.1', '"const": 0.2')],
+)  # fmt: skip
+def test_an_edited_op_or_metadata_is_refused_by_the_sha256(tmp_path, old, new):
+    text = saved_rule(tmp_path / "rule.json")
+    assert old in text
+    path = write(tmp_path / "edited.json", text.replace(old, new, 1))
+    with pytest.raises(ValueError, match=r"edited.json'?: sha256 mismatch"):
+        read_rule(path)
+    path = write(tmp_path / "edited.json", json.dumps(json.loads(text.replace(old, new, 1))))
+    with pytest.raises(ValueError, match="sha256 mismatch"):
+        read_rule(path)  # re-indented: the digest is of the content, not of the layout
+
+
+def test_every_flipped_bit_is_refused_or_changes_nothing(tmp_path):
+    """Bits 0 and 1 of every byte: the file is refused, or it reads back as the same rule (a
+    digit past a float's precision)."""
+    text = saved_rule(tmp_path / "rule.json").encode()
+    want = read_rule(tmp_path / "rule.json")
+    path = tmp_path / "flipped.json"
+    refused = 0
+    for i in range(len(text)):
+        for bit in (0, 1):
+            flipped = bytearray(text)
+            flipped[i] ^= 1 << bit
+            path.write_bytes(bytes(flipped))
+            try:
+                got = read_rule(path)
+            except ValueError:
+                refused += 1
+            else:
+                assert got == want, (i, bit, bytes(flipped[i - 20 : i + 20]))
+    assert refused > 1.9 * len(text)
+
+
+def test_reindented_and_older_files_load(tmp_path):
+    text = saved_rule(tmp_path / "rule.json")
+    document = json.loads(text)
+    want = read_rule(tmp_path / "rule.json")
+    assert len(document["sha256"]) == 64 and want[1] == {"learning_rate": 0.01, "fitness": -0.4375}
+    assert read_rule(write(tmp_path / "compact.json", json.dumps(document))) == want
+    del document["sha256"]  # as written before the digest existed
+    assert read_rule(write(tmp_path / "old.json", document)) == want
+    shipped = os.path.join(os.path.dirname(search.__file__), "..", "l2o", "pretrained")
+    for name in ("evolved_adamw.json", "evolved_sgd_seed1.json"):
+        with open(os.path.join(shipped, name)) as f:
+            assert "sha256" not in json.load(f)
+        program, metadata = read_rule(os.path.join(shipped, name))
+        assert metadata["passed_funnel"] and program.instructions

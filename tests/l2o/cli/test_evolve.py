@@ -15,8 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import yaml
 
 import search
+from l2o.cli.evolve import save_checkpoint
 from l2o.cli.main import main
 from search.interpreter import program_transform
 from search.programs_library import get_program
@@ -178,3 +180,66 @@ def test_bad_rule_files_and_names_exit_2(tmp_path, capsys, text, args, message):
     err = capsys.readouterr().err
     assert code == 2 and message in err and err.count("\n") == 1, err
     assert not (tmp_path / "out").exists()
+
+
+def _stored_run(out: Path, config: dict | None) -> None:
+    """A checkpoint of generation 3 whose payload records `config` (None: as an older l2o wrote
+    it, with only a digest of it). Its state is never read: the config is checked first."""
+    payload = {"config_digest": "0" * 64, "state": {}, "history": [], "timing": []}
+    if config is not None:
+        payload["config"] = config
+    out.mkdir()
+    save_checkpoint(out, 3, payload)
+
+
+def _edited(tmp_path, edit) -> Path:
+    data = yaml.safe_load(TINY.read_text())
+    edit(data)
+    path = tmp_path / "evolve.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+EVOLVE_CHANGES = {
+    "seed: 0 -> 1": lambda d: d.update(seed=1),
+    "population_size: 24 -> 16": lambda d: d.update(population_size=16),
+    "proxy.steps: 20 -> 10": lambda d: d["proxy"].update(steps=10),
+    "proxy.tasks.0.options.dim: 8 -> 4": lambda d: d["proxy"]["tasks"][0]["options"].update(dim=4),
+    'warm_starts.0: "sgd" -> "lion"': lambda d: d.update(warm_starts=["lion"]),
+    "funnel.top_k: 8 -> unset": lambda d: d["funnel"].pop("top_k"),
+}
+
+
+@pytest.mark.parametrize("change", sorted(EVOLVE_CHANGES))
+def test_a_resume_with_a_changed_config_is_refused_naming_the_keys(tmp_path, capsys, change):
+    out = tmp_path / "out"
+    _stored_run(out, yaml.safe_load(TINY.read_text()))
+    before = sorted(p.name for p in out.iterdir())
+    config = _edited(tmp_path, EVOLVE_CHANGES[change])
+    code = main(["evolve", "--config", str(config), "--out", str(out), "--resume"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "differs" in err, err
+    assert change in err and "only --generations may change" in err, err
+    assert sorted(p.name for p in out.iterdir()) == before
+
+
+def test_a_changed_config_against_an_older_checkpoint_is_refused(tmp_path, capsys):
+    _stored_run(tmp_path / "out", None)  # its digest matches no config
+    code = main(["evolve", "--config", str(TINY), "--out", str(tmp_path / "out"), "--resume"])
+    err = capsys.readouterr().err
+    assert code == 2 and "differs" in err and "older l2o" in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("where", ["missing folder", "foreign folder"])
+def test_resume_with_nothing_to_resume_exits_2(tmp_path, capsys, where):
+    out = tmp_path / "out"
+    if where == "foreign folder":  # e.g. a meta-training run
+        out.mkdir()
+        (out / "ckpt_00000002.npz").write_bytes(b"")
+    code = main(["evolve", "--config", str(TINY), "--out", str(out), "--resume"])
+    err = capsys.readouterr().err
+    assert code == 2 and "nothing to resume" in err and err.count("\n") == 1, err
+    if where == "foreign folder":
+        assert sorted(p.name for p in out.iterdir()) == ["ckpt_00000002.npz"]
+    else:
+        assert not out.exists()  # a missing folder is not made

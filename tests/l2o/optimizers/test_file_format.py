@@ -7,6 +7,7 @@ import functools
 import json
 import pickle
 import struct
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -209,3 +210,77 @@ def test_save_rejects_a_theta_that_does_not_fit(tmp_path):
             path, "mlp", make_config("mlp"), {k: v for k, v in theta.items() if k != "log_lr"}
         )
     assert not path.exists()
+
+
+def split_file(data: bytes) -> tuple[dict, bytes]:
+    """`(header, data section)` of a file's bytes."""
+    (n,) = struct.unpack("<Q", data[:8])
+    return json.loads(data[8 : 8 + n]), data[8 + n :]
+
+
+def saved(tmp_path, name="learnable_adam") -> bytes:
+    """The bytes of a file `save_learned` wrote (theta perturbed off its init)."""
+    path = tmp_path / f"{name}_saved.safetensors"
+    theta = perturbed(learned(name)[2], jax.random.key(3))
+    save_learned(path, name, make_config(name), theta, {"outer_steps": 7})
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("name", ["learnable_adam", "mlp"])
+def test_a_flipped_bit_in_theta_is_refused_by_the_sha256(tmp_path, name):
+    data = saved(tmp_path, name)
+    header, body = split_file(data)
+    assert len(header["__metadata__"]["sha256"]) == 64
+    start = len(data) - len(body)
+    for leaf in sorted(k for k in header if k != "__metadata__"):
+        begin = start + header[leaf]["data_offsets"][0]
+        for bit in (0, 7, 20):  # mantissa bits: a finite theta that differs in one value
+            flipped = bytearray(data)
+            flipped[begin + bit // 8] ^= 1 << (bit % 8)
+            path = tmp_path / "flipped.safetensors"
+            path.write_bytes(bytes(flipped))
+            with pytest.raises(ValueError, match="flipped.safetensors.*sha256 mismatch"):
+                load_learned(path)
+
+
+@pytest.mark.parametrize(
+    "old, new",
+    [('\\"learning_rate\\":0.003', '\\"learning_rate\\":0.004'),
+     ('\\"outer_steps\\":7', '\\"outer_steps\\":9')],
+)  # fmt: skip
+def test_an_edited_config_or_metadata_is_refused_by_the_sha256(tmp_path, old, new):
+    data = saved(tmp_path, "mlp")
+    n = struct.unpack("<Q", data[:8])[0]
+    text = data[8 : 8 + n].decode()
+    assert text.count(old) == 1
+    text = text.replace(old, new)  # a valid file still: only the digest tells
+    path = tmp_path / "edited.safetensors"
+    path.write_bytes(struct.pack("<Q", len(text)) + text.encode() + data[8 + n :])
+    with pytest.raises(ValueError, match="edited.safetensors.*sha256 mismatch"):
+        load_learned(path)
+
+
+def test_the_sha256_leaves_out_the_date_only(tmp_path):
+    """Two saves of one theta have one digest (no clock inside it); a changed date loads."""
+    first = split_file(saved(tmp_path))[0]["__metadata__"]
+    header, body = split_file(saved(tmp_path))
+    assert header["__metadata__"]["sha256"] == first["sha256"]
+    meta = header["__metadata__"]
+    meta["metadata"] = json.dumps({**json.loads(meta["metadata"]), "date": "1999-12-31"})
+    _, info = load_learned(write_raw(tmp_path / "redated.safetensors", header, body))
+    assert info["metadata"]["date"] == "1999-12-31" and info["metadata"]["outer_steps"] == 7
+
+
+def test_a_file_without_a_sha256_still_loads(tmp_path):
+    """Files written before the digest existed (the shipped one among them) load unchanged."""
+    header, body = split_file(saved(tmp_path, "mlp"))
+    del header["__metadata__"]["sha256"]
+    _, old = load_learned(write_raw(tmp_path / "old.safetensors", header, body))
+    _, new = load_learned(tmp_path / "mlp_saved.safetensors")
+    for a, b in zip(jax.tree.leaves(old["theta"]), jax.tree.leaves(new["theta"]), strict=True):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    import l2o
+
+    shipped = Path(l2o.__file__).parent / "pretrained" / "mlp_digits.safetensors"
+    assert "sha256" not in split_file(shipped.read_bytes())[0]["__metadata__"]
+    load_learned(shipped)
