@@ -120,8 +120,9 @@ _CIFAR10_MAX_MEMBER_BYTES = 64 << 20
 # Every name of tasks.registry.OFFLINE_TASKS (a test keeps the two in step).
 OFFLINE_ALTERNATIVES = (
     "Offline alternatives that need no files: the bundled tasks digits_mlp, digits_cnn, "
-    "mnist1d_mlp, shakespeare_tiny_lm and the synthetic tasks quadratic_k100, quadratic_k10000, "
-    "nqm, rosenbrock, linear_regression, logistic_regression (see `l2o tasks`)."
+    "digits_autoencoder, mnist1d_mlp, shakespeare_tiny_lm and the synthetic tasks "
+    "quadratic_k100, quadratic_k10000, nqm, rosenbrock, linear_regression, "
+    "least_squares_k10000, logistic_regression (see `l2o tasks`)."
 )
 
 

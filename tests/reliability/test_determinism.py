@@ -42,7 +42,20 @@ COMMANDS = {
                     ["rule/rule.py", "rule/rule.md", "rule/rule.tex"]),
     "quickstart": (["quickstart", "--out", "quickstart", "--steps", "5", "--seeds", "1"],
                    ["quickstart/results.json"]),
+    "targets": (["targets", "--config", "protocol.yaml", "--out", "targets.json"],
+                ["targets.json"]),
+    "protocol": (["protocol", "--config", "protocol.yaml", "--out", "protocol"],
+                 ["protocol/results.json"]),
 }  # fmt: skip
+PROTOCOL = """tasks: [{name: quadratic_k100, options: {dim: 4}}]
+optimizers: [sgd]
+steps: 20
+eval_every: 5
+seeds: 1
+timing_steps: 2
+targets: {file: targets.json, trials: 2, steps: 10, setters: [adamw]}
+tuning: {trials: 1, studies: 2}
+"""
 # Commands that read or list but compute nothing: nothing to compare.
 NOT_COMPUTING = ("tasks", "optimizers", "report")
 # Commands whose outputs record no run (export-rule writes code and text of a rule file).
@@ -105,6 +118,7 @@ def two_runs(tmp_path_factory, subprocess_env):
         (folder / "space.yaml").write_text(SPACE)
         (folder / "meta.yaml").write_text((REPO / "configs" / "meta_tiny.yaml").read_text())
         (folder / "evolve.yaml").write_text((REPO / "configs" / "evolve_tiny.yaml").read_text())
+        (folder / "protocol.yaml").write_text(PROTOCOL)
         argvs = [argv for argv, _ in COMMANDS.values()]
         env = {**subprocess_env, "PYTHONHASHSEED": hash_seed}
         done = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(argvs)], cwd=folder,
@@ -153,7 +167,7 @@ def test_results_record_versions_and_seeds(two_runs, command):
     versions, seed = _recorded(two_runs[0], command)
     assert {"python", "jax", "jaxlib", "optax", "numpy", "l2o"} <= set(versions), versions
     expected = {"train": 3, "meta-train": 0, "export": 0, "evolve": 0, "evaluate": [0],
-                "quickstart": [0]}  # fmt: skip
+                "quickstart": [0], "targets": 1, "protocol": 1}  # fmt: skip
     assert seed == expected.get(command, (1, [1])), (command, seed)
 
 
