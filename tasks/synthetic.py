@@ -123,6 +123,12 @@ def _regression_sampler(data, key, split, batch_size):
     return x[idx], y[idx]
 
 
+def _squared_error(params, key, batch):
+    """1/2 mean (x.w + b - y)^2 of a linear model."""
+    x, y = batch
+    return 0.5 * jnp.mean((x @ params["w"] + params["b"] - y) ** 2), {}
+
+
 def _linear_init(dim):
     def init(key):
         return {"w": 0.1 * jax.random.normal(key, (dim,)), "b": jnp.zeros(())}
@@ -138,14 +144,10 @@ def linear_regression(
     def labels(key, z):
         return z + noise * jax.random.normal(key, z.shape)
 
-    def loss(params, key, batch):
-        x, y = batch
-        return 0.5 * jnp.mean((x @ params["w"] + params["b"] - y) ** 2), {}
-
     return Task(
         name=f"linreg_d{dim}",
         init=_linear_init(dim),
-        loss=loss,
+        loss=_squared_error,
         sampler=_regression_sampler,
         data=_regression_data(seed, num_examples, dim, labels),
         batch_size=batch_size or num_examples,
@@ -180,14 +182,10 @@ def ill_conditioned_least_squares(
         x = (jax.random.normal(x_key, (num_examples, dim)) * scales[None, :]) @ rotation.T
         data[split] = (x, x @ w_true + noise * jax.random.normal(y_key, (num_examples,)))
 
-    def loss(params, key, batch):
-        x, y = batch
-        return 0.5 * jnp.mean((x @ params["w"] + params["b"] - y) ** 2), {}
-
     return Task(
         name=f"least_squares_d{dim}_k{condition:g}",
         init=_linear_init(dim),
-        loss=loss,
+        loss=_squared_error,
         sampler=_regression_sampler,
         data=data,
         batch_size=batch_size or num_examples,
