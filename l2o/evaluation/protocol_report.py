@@ -36,9 +36,10 @@ def aggregate(track: Mapping[str, Mapping[str, Any]], seconds: Mapping[str, Mapp
     """Per optimizer over the tasks of one track: tasks whose target it reached, and the profile
     score (cost: seconds to target; also in steps) with a 95% interval from resampling tasks
     and, within each task, the studies or seeds. Optimizers without a result are left out."""
-    names = [n for n in optimizers if all("per_study" in t[n] or "per_seed" in t[n]
-                                           for t in track.values() if n in t)]  # fmt: skip
-    names = [n for n in names if all(n in t for t in track.values())]
+    names = [
+        n for n in optimizers
+        if all(n in t and ("per_study" in t[n] or "per_seed" in t[n]) for t in track.values())
+    ]  # fmt: skip
     if not names:
         return {}
     steps = np.stack(
