@@ -55,6 +55,35 @@ def mlp_layer_names(num_hidden: int) -> tuple[str, ...]:
     return tuple(f"mlp/~/linear_{i}" for i in range(num_hidden + 1))
 
 
+class PatchConv2D(hk.Module):
+    """Stride-1 "SAME" 2-D convolution as one matmul over image patches (im2col):
+    y[b, h, w, :] = b + sum_{i,j,c} x_pad[b, h + i, w + j, c] W[i, j, c, :].
+
+    The same function and parameters (`w: [kh, kw, C, D]`, `b: [D]`) as `hk.Conv2D`. XLA on CPU
+    computes a convolution's weight gradient about 50x slower inside a loop (the `lax.scan` of a
+    training run) than outside one; a matmul's gradient is fast in both places.
+    """
+
+    def __init__(self, output_channels: int, kernel_shape: int, w_init, name: str = "conv2_d"):
+        super().__init__(name=name)
+        self.output_channels = output_channels
+        self.kernel_shape = kernel_shape
+        self.w_init = w_init
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k, (batch, height, width, channels) = self.kernel_shape, x.shape
+        shape = [k, k, channels, self.output_channels]
+        w = hk.get_parameter("w", shape, x.dtype, init=self.w_init)
+        b = hk.get_parameter("b", [self.output_channels], x.dtype, init=jnp.zeros)
+        low = (k - 1) // 2
+        padded = jnp.pad(x, ((0, 0), (low, k - 1 - low), (low, k - 1 - low), (0, 0)))
+        patches = jnp.concatenate(
+            [padded[:, i : i + height, j : j + width] for i in range(k) for j in range(k)], -1
+        )
+        y = patches.reshape(-1, k * k * channels) @ w.reshape(-1, self.output_channels) + b[None]
+        return y.reshape(batch, height, width, self.output_channels)
+
+
 def cnn(
     channels: Sequence[int],
     num_outputs: int,
@@ -67,7 +96,7 @@ def cnn(
 
     def forward(x):
         for c in channels:
-            x = act(hk.Conv2D(c, kernel_shape=3, w_init=w_init)(x))
+            x = act(PatchConv2D(c, kernel_shape=3, w_init=w_init)(x))
             x = hk.avg_pool(x, window_shape=2, strides=2, padding="SAME")
         x = x.reshape(x.shape[0], -1)
         return hk.Linear(num_outputs, w_init=w_init)(x)

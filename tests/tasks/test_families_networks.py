@@ -59,3 +59,25 @@ def test_cnn_and_char_lstm_shapes():
     tokens = jnp.zeros((3, 7), jnp.int32)
     assert lm.apply(lm.init(jax.random.key(0), tokens), tokens).shape == (3, 7, 11)
     assert isinstance(lm, hk.Transformed)
+
+
+@pytest.mark.parametrize("kernel", [2, 3, 4])
+def test_patch_conv_matches_haiku_conv(kernel):
+    x = jax.random.normal(jax.random.key(1), (2, 7, 6, 3))
+    init = hk.initializers.RandomNormal(1.0)
+
+    def both(x):
+        return (
+            networks.PatchConv2D(5, kernel, init)(x),
+            hk.Conv2D(5, kernel, w_init=init, b_init=init)(x),
+        )
+
+    net = hk.without_apply_rng(hk.transform(both))
+    params = net.init(jax.random.key(0), x)
+    # Share one set of weights and a nonzero bias between the two.
+    (ours, theirs) = sorted(params)
+    params = {ours: params[theirs], theirs: params[theirs]}
+    patch, reference = net.apply(params, x)
+    np.testing.assert_allclose(patch, reference, rtol=1e-5, atol=1e-5)
+    grads = jax.grad(lambda p: sum(jnp.sum(jnp.sin(y)) for y in net.apply(p, x)))(params)
+    np.testing.assert_allclose(grads[ours]["w"], grads[theirs]["w"], rtol=1e-4, atol=1e-4)
