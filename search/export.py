@@ -528,3 +528,224 @@ def export_python(
     ]
     text = "\n".join(parts)
     return re.sub(r"\n{3,}", "\n\n\n", text)
+
+
+# Per op, a torch expression computing what the jnp one in `PYTHON` computes (`@0 @1 @2` are
+# tensors of the gradient's dtype and device, `@c`, `@d` Python float32 literals).
+TORCH: dict[str, str] = {
+    "const": "@c",
+    "copy": "@0",
+    "neg": "-@0",
+    "abs": "torch.abs(@0)",
+    "sign": "torch.sign(@0)",
+    "square": "@0 * @0",
+    "cube": "@0 * @0 * @0",
+    "sqrt_abs": "torch.sqrt(torch.abs(@0))",
+    "rsqrt_abs": "torch.rsqrt(torch.abs(@0) + TINY)",
+    "reciprocal": "1 / _safe_divisor(@0)",
+    "exp": "torch.exp(torch.clamp(@0, max=MAX_EXP))",
+    "log_abs": "torch.log(torch.abs(@0) + TINY)",
+    "log1p_abs": "torch.log1p(torch.abs(@0))",
+    "tanh": "torch.tanh(@0)",
+    "sigmoid": "torch.sigmoid(@0)",
+    "relu": "torch.relu(@0)",
+    "softsign": "@0 / (1 + torch.abs(@0))",
+    "one_minus": "1 - @0",
+    "add_c": "@0 + @c",
+    "scale_c": "@c * @0",
+    "pow_c": "_pow_abs(@0, @c)",
+    "clip_c": "_clip(@0, @c)",
+    "add": "@0 + @1",
+    "sub": "@0 - @1",
+    "mul": "@0 * @1",
+    "div": "@0 / _safe_divisor(@1)",
+    "max": "torch.maximum(@0, @1)",
+    "min": "torch.minimum(@0, @1)",
+    "power": "_pow_abs(@0, @1)",
+    "clip": "_clip(@0, @1)",
+    "interp_c": "@d * @0 + @c * @1",
+    "interpolate": "(1 - @2) * @0 + @2 * @1",
+    "select": "torch.where(@0 > 0, @1, @2)",
+    "is_positive": "(@0 > 0).to(@0.dtype)",
+    "scale": "@0 * @1",
+    "clip_by_norm": "@0 * torch.clamp(torch.abs(@1) / _safe_divisor(_norm(@0)), max=1)",
+    "normalize": "@0 / (_rms(@0) + TINY)",
+    "norm": "_norm(@0)",
+    "rms": "_rms(@0)",
+    "mean": "torch.sum(@0) / @0.numel()",
+    "sum": "torch.sum(@0)",
+    "max_abs": "torch.max(torch.abs(@0))",
+    "size": "@0.new_tensor(@0.numel())",
+    "dot": "torch.sum(@0 * @1)",
+    "cosine": "torch.sum(@0 * @1) / _safe_divisor(_norm(@0) * _norm(@1))",
+}
+TORCH_HELPERS = {
+    "_safe_divisor": '''def _safe_divisor(x):
+    """`x` with magnitudes below `TINY` replaced by `+-TINY` (zero becomes `+TINY`)."""
+    tiny = torch.where(x < 0, -TINY, TINY).to(x.dtype)
+    return torch.where(torch.abs(x) < TINY, tiny, x)''',
+    "_pow_abs": '''def _pow_abs(x, p):
+    """`max(|x|, TINY)^p`, the exponent clipped to `[-MAX_EXP, MAX_EXP]`."""
+    exponent = p * torch.log(torch.clamp(torch.abs(x), min=TINY))
+    return torch.exp(torch.clamp(exponent, -MAX_EXP, MAX_EXP))''',
+    "_clip": '''def _clip(x, bound):
+    """`x` clipped to `[-|bound|, |bound|]`."""
+    bound = torch.abs(torch.as_tensor(bound, dtype=x.dtype, device=x.device))
+    return torch.minimum(torch.maximum(x, -bound), bound)''',
+    "_norm": """def _norm(x):
+    return torch.sqrt(torch.sum(x * x))""",
+    "_rms": """def _rms(x):
+    return torch.sqrt(torch.sum(x * x) / x.numel())""",
+}
+_TORCH_RESERVED = {"torch", "math", "annotations", "TINY", "MAX_EXP", "_rule", *TORCH_HELPERS}
+
+
+def _torch_expression(line: _Line) -> str:
+    """`line` as torch code; literal operands become tensors like the gradient `g`."""
+    operands = [f"g.new_tensor({x.py.strip('()')})" if x.literal else x.py for x in line.operands]
+    c = _literal(line.inst.const).py
+    d = _literal(float(np.float32(1) - np.float32(line.inst.const))).py
+    return _fill(TORCH[line.inst.op], operands, c, d)
+
+
+def export_torch(
+    program: Program,
+    *,
+    name: str = "Discovered",
+    learning_rate: float | None = None,
+    description: str = "",
+) -> str:
+    """The source of a standalone module (torch and math only) defining `program` as the
+    `torch.optim.Optimizer` subclass `name`, with the learning rate `lr` per parameter group.
+
+    Per parameter the state holds `step` (the updates made, so `t = step`) and the slots
+    `s1..sk` (zero at first, created at the parameter's first step, in its dtype and on its
+    device); every value is computed in the gradient's dtype. In float32 the updates equal
+    `search.interpreter.program_transform(program, learning_rate)` up to rounding.
+
+    Args:
+      program: the rule (exported in its canonical form).
+      name: a Python identifier, the class name.
+      learning_rate: the default `lr` (none: a required argument).
+      description: plain text for the docstring (letters, digits, punctuation; no quotes or
+        backslashes).
+
+    Returns:
+      Python source text.
+    """
+    _check_name(name)
+    if name in _TORCH_RESERVED:
+        raise ValueError(f"name {name!r} is a keyword or a name the module uses")
+    _check_description(description)
+    if learning_rate is not None:
+        lr_ok = isinstance(learning_rate, int | float) and not isinstance(learning_rate, bool)
+        if not lr_ok or not np.isfinite(learning_rate) or learning_rate < 0:
+            raise ValueError(
+                f"learning_rate must be a finite number >= 0, got {learning_rate!r:.40}"
+            )
+    rule = _layout(program)
+    body = [f"    {line.name.py} = {_torch_expression(line)}" for line in rule.lines]
+    update = rule.update.py
+    if rule.factored:
+        body.append(f"    u = lr * {rule.update.py}")
+        update = "u"
+    aliases = {"w", "g"}  # outputs that are the weights or gradient are copied
+    for line in rule.lines:
+        if line.inst.op == "copy" and line.operands[0].py in aliases:
+            aliases.add(line.name.py)
+        else:
+            aliases.discard(line.name.py)
+    outputs = [
+        f"{x}.clone()" if x in aliases else x for x in (update, *(s.py for s in rule.new_state))
+    ]
+    body.append(f"    return {', '.join(outputs)}")
+    signature = ", ".join(["g", "w", *(s.py for s in rule.state)]) + ", *, lr, t"
+    rule_def = [
+        f"def _rule({signature}):",
+        '    """The update `u` and the new state, on one parameter tensor."""',
+        *body,
+    ]
+    code = "\n".join(rule_def)
+    helpers = [src for helper, src in TORCH_HELPERS.items() if f"{helper}(" in code]
+    every = code + "\n".join(helpers)
+    constants = [line for word, line in (("TINY", "TINY = 1e-12"), ("MAX_EXP", "MAX_EXP = 80.0"))
+                 if re.search(rf"\b{word}\b", every)]  # fmt: skip
+    slots = [s.py for s in rule.state]
+    zeros = "torch.zeros_like(w, memory_format=torch.preserve_format)"
+    create = [f'                    state["{s}"] = {zeros}' for s in slots]
+    results = ", ".join(["u", *slots])
+    call = ", ".join(["g", "w", *(f'state["{s}"]' for s in slots)])
+    store = [f'                state["{s}"] = {s}' for s in slots]
+    lr_default = "" if learning_rate is None else f" = {float(learning_rate)!r}"
+    math_lines = "\n".join(f"      {line}" for line in " \\\\\n".join(_tex_lines(rule)).split("\n"))
+    description = description.strip() or "An update rule found by symbolic search."
+    description = "\n".join(f"    {x}".rstrip() for x in description.split("\n"))
+    state_doc = f"`step` and {', '.join(f'`{s}`' for s in slots)}" if slots else "`step`"
+    parts = [
+        f'"""The update rule `{name}` as a `torch.optim.Optimizer`; needs only torch."""',
+        "",
+        "from __future__ import annotations",
+        "",
+        "import math",
+        "",
+        "import torch",
+        "",
+        *constants,
+        "",
+        *[f"\n{src}\n" for src in helpers],
+        "",
+        *rule_def,
+        "",
+        "",
+        f"class {name}(torch.optim.Optimizer):",
+        f'    r"""{description.strip()}',
+        "",
+        "    Per parameter tensor, with :math:`t = 1, 2, \\dots` counting updates and the state",
+        "    zero at first:",
+        "",
+        "    .. math::",
+        "",
+        math_lines,
+        "",
+        f"    The state of a parameter holds {state_doc}, in the parameter's dtype and on its",
+        "    device; values are computed in the gradient's dtype.",
+        "",
+        "    Args:",
+        "      params: the parameters, or dicts of parameter groups.",
+        "      lr: :math:`\\eta`, the learning rate (per group).",
+        '    """',
+        "",
+        f"    def __init__(self, params, lr: float{lr_default}):",
+        "        if not (isinstance(lr, int | float) and math.isfinite(lr) and lr >= 0):",
+        '            raise ValueError(f"lr must be a finite number >= 0, got {lr!r}")',
+        '        super().__init__(params, {"lr": lr})',
+        "",
+        "    @torch.no_grad()",
+        "    def step(self, closure=None):",
+        '        """Update every parameter that has a gradient; return `closure()` if given."""',
+        "        loss = None",
+        "        if closure is not None:",
+        "            with torch.enable_grad():",
+        "                loss = closure()",
+        "        for group in self.param_groups:",
+        '            for w in group["params"]:',
+        "                if w.grad is None:",
+        "                    continue",
+        "                g = w.grad",
+        "                if g.is_sparse:",
+        f'                    raise RuntimeError("{name} does not support sparse gradients")',
+        "                state = self.state[w]",
+        "                if not state:",
+        '                    state["step"] = 0',
+        *create,
+        '                state["step"] += 1',
+        '                lr = torch.as_tensor(group["lr"], dtype=g.dtype, device=g.device)',
+        '                t = torch.as_tensor(float(state["step"]), dtype=g.dtype, device=g.device)',
+        f"                {results} = _rule({call}, lr=lr, t=t)",
+        *store,
+        "                w.sub_(u)",
+        "        return loss",
+        "",
+    ]
+    text = "\n".join(parts)
+    return re.sub(r"\n{3,}", "\n\n\n", text)
