@@ -57,9 +57,35 @@ def run_export_command(run_dir: Path, out: Path | None) -> int:
     return 0
 
 
-def run_export_rule_command(rule_path: Path, out: Path, name: str) -> int:
-    """Write `out/NAME.py`, `NAME.md` and `NAME.tex` of a rule file."""
-    from search.export import export_latex, export_markdown, export_python
+def run_export_torch_command(path: Path, out: Path | None, name: str) -> int:
+    """Write `out/NAME.py`, the PyTorch module of the learned optimizers (torch only), and
+    `out/NAME.safetensors`, a copy of the checked optimizer file it reads."""
+    from importlib import resources
+
+    from l2o.optimizers.file_format import OptimizerFileError, load_learned
+
+    if not name.isidentifier() or keyword.iskeyword(name):
+        raise UserError(f"--name {name!r:.60} is not a Python identifier")
+    if Path(path).is_dir():
+        raise UserError(f"{path} is a directory: --format torch exports an optimizer file")
+    try:
+        load_learned(path)  # every check of the file format, before anything is written
+    except OptimizerFileError as e:
+        raise UserError(str(e)) from None
+    data = Path(path).read_bytes()
+    source = resources.files("l2o.optimizers").joinpath("torch_learned.py").read_bytes()
+    out = check_writable_dir(out or Path(path).parent)
+    written = [write_bytes_atomic(out / f"{name}.py", source)]
+    if (out / f"{name}.safetensors").resolve() != Path(path).resolve():
+        written.append(write_bytes_atomic(out / f"{name}.safetensors", data))
+    print(f"wrote {', '.join(map(str, written))}")
+    return 0
+
+
+def run_export_rule_command(rule_path: Path, out: Path, name: str, fmt: str = "optax") -> int:
+    """Write `out/NAME.py` (an optax module), `NAME.md` and `NAME.tex` of a rule file; with
+    `fmt` "torch", only `out/NAME.py`, a PyTorch module defining the optimizer class `Name`."""
+    from search.export import export_latex, export_markdown, export_python, export_torch
     from search.rule_file import read_rule
 
     if not name.isidentifier() or keyword.iskeyword(name):
@@ -71,13 +97,21 @@ def run_export_rule_command(rule_path: Path, out: Path, name: str) -> int:
     lr = metadata.get("learning_rate")
     lr = float(lr) if isinstance(lr, int | float) and not isinstance(lr, bool) else None
     try:
-        texts = {
-            f"{name}.py": export_python(
-                program, name=name, learning_rate=lr, description="An evolved update rule."
-            ),
-            f"{name}.md": export_markdown(program),
-            f"{name}.tex": export_latex(program),
-        }
+        if fmt == "torch":
+            camel = "".join(part[:1].upper() + part[1:] for part in name.split("_"))
+            texts = {
+                f"{name}.py": export_torch(
+                    program, name=camel, learning_rate=lr, description="An evolved update rule."
+                )
+            }
+        else:
+            texts = {
+                f"{name}.py": export_python(
+                    program, name=name, learning_rate=lr, description="An evolved update rule."
+                ),
+                f"{name}.md": export_markdown(program),
+                f"{name}.tex": export_latex(program),
+            }
     except ValueError as e:
         raise UserError(f"cannot export {rule_path}: {' '.join(str(e).split())}") from None
     out = check_writable_dir(out)

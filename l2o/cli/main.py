@@ -198,9 +198,12 @@ def cmd_meta_train(args) -> int:
 
 def cmd_export(args) -> int:
     """Export the learned optimizer of a meta-training run directory."""
-    from l2o.cli.export import run_export_command
+    from l2o.cli.export import run_export_command, run_export_torch_command
 
-    return run_export_command(Path(args.run_dir), Path(args.out) if args.out else None)
+    out = Path(args.out) if args.out else None
+    if args.format == "torch":
+        return run_export_torch_command(Path(args.run_dir), out, args.name)
+    return run_export_command(Path(args.run_dir), out)
 
 
 def cmd_evolve(args) -> int:
@@ -219,7 +222,7 @@ def cmd_export_rule(args) -> int:
     """Write a rule file as a Python module, Markdown and LaTeX."""
     from l2o.cli.export import run_export_rule_command
 
-    return run_export_rule_command(Path(args.rule), Path(args.out), args.name)
+    return run_export_rule_command(Path(args.rule), Path(args.out), args.name, args.format)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -318,8 +321,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_meta_train)
 
     p = sub.add_parser("export", help="write a meta-training run's learned optimizer file")
-    p.add_argument("run_dir", help="output directory of `l2o meta-train`")
-    p.add_argument("--out", help="file to write (default RUN_DIR/optimizer.safetensors)")
+    p.add_argument(
+        "run_dir", help="output directory of `l2o meta-train` (--format torch: an optimizer file)"
+    )
+    p.add_argument(
+        "--out",
+        help="file to write (default RUN_DIR/optimizer.safetensors); --format torch: the output "
+        "directory (default the file's)",
+    )
+    p.add_argument(
+        "--format",
+        choices=("safetensors", "torch"),
+        default="safetensors",
+        help="torch: NAME.py, the optimizer as a torch.optim.Optimizer, and NAME.safetensors",
+    )
+    p.add_argument("--name", default="learned_optimizer", help="--format torch: the file names")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("evolve", help="evolve a symbolic update rule (regularized evolution)")
@@ -330,10 +346,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_distributed_flags(p)
     p.set_defaults(func=cmd_evolve)
 
-    p = sub.add_parser("export-rule", help="write a rule file as Python, Markdown and LaTeX")
+    p = sub.add_parser(
+        "export-rule", help="write a rule file as optax Python, Markdown and LaTeX, or as PyTorch"
+    )
     p.add_argument("rule", help="rule file (e.g. best_rule.json of `l2o evolve`)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--name", default="discovered", help="module and function name")
+    p.add_argument(
+        "--format",
+        choices=("optax", "torch"),
+        default="optax",
+        help="optax: NAME.py (jax and optax), NAME.md, NAME.tex; torch: NAME.py, a "
+        "torch.optim.Optimizer class",
+    )
     p.set_defaults(func=cmd_export_rule)
 
     p = sub.add_parser("quickstart", help="compare baselines on offline tasks; write a report")

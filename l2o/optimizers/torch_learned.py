@@ -1,0 +1,642 @@
+"""The learned optimizers of l2o as `torch.optim.Optimizer` classes; needs only torch and the
+Python standard library (`l2o export FILE --format torch` writes this module next to a copy of
+the optimizer file).
+
+`load(path, params, num_steps)` reads a learned-optimizer file (the safetensors layout: an 8-byte
+little-endian header length, a JSON header, float32 data), checks it completely before use
+(format, architecture, config, every leaf's name, shape, dtype and offsets, the file size,
+finite values and the sha256 of its content) and returns the optimizer of its architecture: the
+per-parameter MLP (`LearnedMLP`), the VeLO-style hypernetwork (`LearnedHyper`), the
+coordinatewise LSTM (`LearnedLSTM`) or Adam with learned hyperparameters (`LearnableAdam`). Each
+computes what the optax transform of the same file computes, in float32 whatever the
+parameters' dtype; its state is created at a parameter's first step, on the parameter's device.
+The training fraction `t / T` that the MLP and the hypernetwork read counts a parameter's
+updates `t` against `num_steps` `T` (per parameter group; the file's `horizon` by default).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import struct
+
+import torch
+
+FORMAT = "l2o-learned-optimizer"
+FORMAT_VERSION = "1"
+MAX_HEADER_BYTES = 1 << 20
+PROGRESS_TIMESCALES = (1e-3, 2e-3, 5e-3, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
+B2 = 0.999
+LOSS_DECAYS = (0.5, 0.9, 0.99)
+RANK_BUCKETS = 5
+NUM_LOSS_FEATURES = 3
+EPS_ROOT = 1e-16
+METADATA_KEYS = {"format", "format_version", "architecture", "config", "metadata"}
+
+
+class OptimizerFileError(ValueError):
+    """A learned-optimizer file that cannot be read; the one-line message names the file."""
+
+
+# Reading and checking a file.
+
+
+def _dumps(obj) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def _no_duplicates(pairs):
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise ValueError("header JSON has duplicate keys")
+    return dict(pairs)
+
+
+def _reject_constant(name):
+    raise ValueError(f"header JSON holds {name}")
+
+
+def _parse_json(text, what: str):
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise ValueError(f"{what} is not valid JSON ({' '.join(str(e).split())})") from None
+
+
+def _int(config: dict, key: str, low: int = 1) -> int:
+    value = config.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value < 2**31:
+        raise ValueError(f"config {key!r} must be an int >= {low}, got {value!r:.40}")
+    return value
+
+
+def _float(config: dict, key: str) -> float:
+    value = config.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"config {key!r} must be a finite number, got {value!r:.40}")
+    return float(value)
+
+
+def _numbers(config: dict, key: str, kind=float) -> tuple:
+    values = config.get(key)
+    if not isinstance(values, list) or len(values) > 64:
+        raise ValueError(f"config {key!r} must be a list of at most 64 numbers")
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, int | (float if kind is float else int)):
+            raise ValueError(f"config {key!r} holds {v!r:.40}, not a {kind.__name__}")
+    return tuple(kind(v) for v in values)
+
+
+def _mlp_shapes(sizes, prefix: str = "", leading: tuple[int, ...] = ()) -> dict:
+    shapes = {}
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        shapes[f"{prefix}w{i}"] = (*leading, n_in, n_out)
+        shapes[f"{prefix}b{i}"] = (*leading, n_out)
+    return shapes
+
+
+def expected_shapes(name: str, config: dict) -> dict[str, tuple[int, ...]]:
+    """Leaf path -> shape of every meta-parameter of architecture `name` with `config` (the
+    file's config: every key present); ValueError for an unknown name or a malformed config."""
+    if name in ("mlp", "hyper"):
+        _float(config, "exp_mult"), _float(config, "step_mult"), _int(config, "horizon")
+        if _float(config, "base_decay") not in _numbers(config, "decays"):
+            raise ValueError("config 'base_decay' must be one of 'decays'")
+    if name == "lstm":
+        _float(config, "preprocess_p"), _float(config, "output_scale"), _float(config, "b1")
+        if not isinstance(config.get("residual"), bool):
+            raise ValueError("config 'residual' must be a bool")
+    if name == "mlp":
+        decays, hidden = _numbers(config, "decays"), _numbers(config, "hidden_sizes", int)
+        sizes = (2 + len(decays) + len(PROGRESS_TIMESCALES), *hidden, 2)
+        return {**_mlp_shapes(sizes), "log_lr": ()}
+    if name == "hyper":
+        k = len(_numbers(config, "decays"))
+        hidden = _numbers(config, "mlp_hidden_sizes", int)
+        size, num_mlps = _int(config, "lstm_size"), _int(config, "num_mlps")
+        lstm_in = len(PROGRESS_TIMESCALES) + NUM_LOSS_FEATURES + 4 + 2 * k + RANK_BUCKETS + 1
+        return {
+            "lstm_wx": (lstm_in, 4 * size),
+            "lstm_wh": (size, 4 * size),
+            "lstm_b": (4 * size,),
+            "mix_w": (size, num_mlps),
+            "mix_b": (num_mlps,),
+            "step_w": (size, 1),
+            "step_b": (1,),
+            **_mlp_shapes((2 + 2 * k, *hidden, 2), "bank_", (num_mlps,)),
+            "log_lr": (),
+        }
+    if name == "lstm":
+        size, layers = _int(config, "hidden_size"), _int(config, "num_layers")
+        if layers > 64:
+            raise ValueError(f"config 'num_layers' must be at most 64, got {layers}")
+        shapes = {}
+        for i in range(layers):
+            shapes[f"lstm{i}_wx"] = (2 if i == 0 else size, 4 * size)
+            shapes[f"lstm{i}_wh"] = (size, 4 * size)
+            shapes[f"lstm{i}_b"] = (4 * size,)
+        shapes |= {"out_w": (size, 1), "out_b": (1,)}
+        if config["residual"]:
+            shapes["log_lr"] = ()
+        return shapes
+    if name == "learnable_adam":
+        return {key: () for key in ("log_lr", "logit_b1", "logit_b2", "log_eps")}
+    raise ValueError(f"unknown architecture {name!r:.40}; valid: hyper, learnable_adam, lstm, mlp")
+
+
+def _read(path) -> tuple[str, dict, dict[str, torch.Tensor]]:
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        prefix = f.read(8)
+        if len(prefix) < 8:
+            raise ValueError(f"too short ({len(prefix)} bytes) for a header length")
+        (n,) = struct.unpack("<Q", prefix)
+        if n > MAX_HEADER_BYTES or n > size - 8:
+            raise ValueError(f"header length {n} exceeds the limit or the file size")
+        header = _parse_json(f.read(n), "header")
+        if not isinstance(header, dict):
+            raise ValueError("header is not a JSON object")
+        meta = header.pop("__metadata__", None)
+        if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+            raise ValueError("header has no __metadata__ dict of strings")
+        if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"not a learned-optimizer file of format version {FORMAT_VERSION}")
+        if not METADATA_KEYS <= set(meta) <= METADATA_KEYS | {"sha256"}:
+            raise ValueError(f"__metadata__ keys must be {', '.join(sorted(METADATA_KEYS))}")
+        name = meta["architecture"]
+        config = _parse_json(meta["config"], "config")
+        info = _parse_json(meta["metadata"], "metadata")
+        if not isinstance(config, dict) or not isinstance(info, dict):
+            raise ValueError("config and metadata must be JSON objects")
+        expected = expected_shapes(name, config)
+        missing, extra = sorted(set(expected) - set(header)), sorted(set(header) - set(expected))
+        if missing or extra:
+            raise ValueError(
+                f"leaves do not fit architecture {name!r}: missing {missing}, unexpected {extra}"
+            )
+        data_bytes = 4 * sum(math.prod(shape) for shape in expected.values())
+        spans = []
+        for path_, entry in header.items():
+            if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+                raise ValueError(f"leaf {path_!r} must have keys dtype, shape, data_offsets")
+            if entry["dtype"] != "F32":
+                raise ValueError(f"leaf {path_!r} has dtype {entry['dtype']!r:.20}, expected F32")
+            if entry["shape"] != list(expected[path_]):
+                raise ValueError(
+                    f"leaf {path_!r} has shape {entry['shape']!r:.60}, expected {expected[path_]}"
+                )
+            offsets = entry["data_offsets"]
+            if (
+                not isinstance(offsets, list)
+                or len(offsets) != 2
+                or not all(isinstance(x, int) and not isinstance(x, bool) for x in offsets)
+                or offsets[1] - offsets[0] != 4 * math.prod(expected[path_])
+            ):
+                raise ValueError(f"leaf {path_!r} has malformed data_offsets {offsets!r:.60}")
+            spans.append((offsets[0], offsets[1], path_))
+        position = 0
+        for begin, end, _ in sorted(spans):
+            if begin != position:
+                raise ValueError("leaf data overlaps or leaves gaps")
+            position = end
+        if size != 8 + n + data_bytes:
+            raise ValueError(
+                f"file holds {size - 8 - n} bytes of data, its architecture needs {data_bytes}"
+            )
+        data = f.read(data_bytes)
+    if "sha256" in meta:
+        signed = _dumps({
+            "format": FORMAT, "format_version": FORMAT_VERSION, "architecture": name,
+            "config": meta["config"], "metadata": {k: v for k, v in info.items() if k != "date"},
+            "leaves": header,
+        }).encode()  # fmt: skip
+        if hashlib.sha256(signed + b"\n" + data).hexdigest() != meta["sha256"]:
+            raise ValueError(
+                "sha256 mismatch: theta, config or metadata changed after the file was written"
+            )
+    flat = torch.frombuffer(bytearray(data), dtype=torch.float32)
+    if not bool(torch.isfinite(flat).all()):
+        raise ValueError("the meta-parameters hold non-finite values")
+    theta = {p: flat[b // 4 : e // 4].reshape(expected[p]).clone() for b, e, p in spans}
+    return name, config, theta
+
+
+def read_learned(path) -> tuple[str, dict, dict[str, torch.Tensor]]:
+    """`(architecture, config, theta)` of a learned-optimizer file, every part checked; any
+    problem raises `OptimizerFileError` with a one-line message naming the file."""
+    try:
+        return _read(path)
+    except OSError as e:
+        raise OptimizerFileError(f"cannot read learned optimizer {path}: {e.strerror}") from None
+    except (ValueError, TypeError, RecursionError) as e:
+        message = " ".join(str(e).split())
+        raise OptimizerFileError(f"invalid learned optimizer {path}: {message}") from None
+
+
+def load(path, params, num_steps: int | None = None) -> torch.optim.Optimizer:
+    """The optimizer stored at `path` over `params` (tensors or parameter-group dicts).
+
+    Args:
+      path: a learned-optimizer file (`.safetensors`).
+      params: the parameters, or dicts of parameter groups.
+      num_steps: the training length `T` of the training fraction (MLP and hypernetwork; the
+        file's `horizon` by default).
+    """
+    name, config, theta = read_learned(path)
+    if name == "learnable_adam":
+        return LearnableAdam(params, theta)
+    if name == "lstm":
+        return LearnedLSTM(params, theta, config)
+    horizon = config["horizon"] if num_steps is None else num_steps
+    return (LearnedMLP if name == "mlp" else LearnedHyper)(params, theta, config, horizon)
+
+
+# Features (l2o.optimizers.features), on tensors flattened to `[n]` and channels `[C, n]`.
+
+
+def _f32(x: torch.Tensor) -> torch.Tensor:
+    return x.reshape(-1).float()
+
+
+def _column(values, device) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float32, device=device)[:, None]
+
+
+def _update_moments(mu, nu, g, decays: torch.Tensor, b2: float = B2):
+    """`mu_k <- d_k mu_k + (1 - d_k) g`, `nu <- b2 nu + (1 - b2) g^2`, in place."""
+    mu.copy_(decays * mu + (1 - decays) * g[None])
+    nu.copy_(b2 * nu + (1 - b2) * torch.square(g))
+
+
+def _adam_directions(mu, nu, count: torch.Tensor, decays: torch.Tensor, b2: float = B2):
+    """Bias-corrected `mu_hat_k / sqrt(nu_hat + 1e-16)`, `[K, n]`."""
+    mu_hat = mu * (1.0 / (1.0 - decays**count))
+    nu_hat = nu / (1.0 - torch.pow(torch.tensor(b2, device=nu.device), count))
+    return mu_hat * torch.rsqrt(nu_hat + 1e-16)[None]
+
+
+def _channel_scale(x: torch.Tensor) -> torch.Tensor:
+    """`1 / RMS` of each channel of `x [C, n]`: `[C]`."""
+    return torch.rsqrt(1e-12 + torch.mean(torch.square(x), dim=1))
+
+
+def _progress_embedding(step: int, num_steps: int, device) -> torch.Tensor:
+    """`tanh(f / tau - 1)` per timescale `tau`, `f = step / num_steps` clipped to [0, 1]."""
+    fraction = torch.tensor(float(step), device=device) / max(float(num_steps), 1.0)
+    fraction = torch.clamp(fraction, 0.0, 1.0)
+    return torch.tanh(fraction / torch.tensor(PROGRESS_TIMESCALES, device=device) - 1.0)
+
+
+def _input_layer(w, b, p, g, mu) -> torch.Tensor:
+    """`w^T x + b` for `x = [g, p, mu_1..mu_K]`, each channel divided by its RMS: `[n_out, n]`."""
+    scale_g, scale_p = _channel_scale(g[None]), _channel_scale(p[None])
+    w_mu = w[2 : 2 + mu.shape[0]] * _channel_scale(mu)[:, None]
+    h = w_mu.T @ mu + b[:, None]
+    h = h + (scale_g * w[0])[:, None] * g[None]
+    return h + (scale_p * w[1])[:, None] * p[None]
+
+
+def _mlp(weights: dict, x: torch.Tensor, num_layers: int, start: int = 1) -> torch.Tensor:
+    """Layers `start..num_layers - 1` of a ReLU MLP over the channels of `x`."""
+    for i in range(start, num_layers):
+        x = weights[f"w{i}"].T @ x + weights[f"b{i}"][:, None]
+        if i < num_layers - 1:
+            x = torch.relu(x)
+    return x
+
+
+def _lstm_cell(x, h, c, w_x, w_h, b) -> tuple[torch.Tensor, torch.Tensor]:
+    """One LSTM step over the channels (gates i, f, g, o): the new `(h, c)`."""
+    z = (w_x.T @ x + b[:, None]) + w_h.T @ h
+    i, f, g, o = torch.chunk(z, 4, dim=0)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
+
+
+def _clipped_log(x: torch.Tensor) -> torch.Tensor:
+    return torch.clamp(torch.log(torch.abs(x) + 1e-12), -20.0, 5.0) / 10.0
+
+
+def _tensor_statistics(p, g, mu, nu, ndim: int) -> torch.Tensor:
+    """VeLO-style summary of one tensor (`features.tensor_statistics`): `[4 + 2K + 6]`."""
+    rms_g = torch.sqrt(torch.mean(torch.square(g)) + 1e-30)
+    rms_mu = torch.sqrt(torch.mean(torch.square(mu), dim=1) + 1e-30)
+    mean_mu = torch.mean(mu, dim=1)
+    rank = torch.zeros(RANK_BUCKETS, device=p.device)
+    rank[min(ndim, RANK_BUCKETS - 1)] = 1.0
+    size = torch.log10(torch.tensor(float(max(p.numel(), 1)), device=p.device)) / 10.0
+    scalars = torch.stack([
+        _clipped_log(torch.sqrt(torch.mean(torch.square(p)) + 1e-30)),
+        _clipped_log(rms_g),
+        _clipped_log(torch.sqrt(torch.mean(nu) + 1e-30)),
+        torch.mean(torch.abs(g)) / (rms_g + 1e-12),
+    ])  # fmt: skip
+    consistency = mean_mu / (rms_mu + 1e-12)
+    return torch.cat([scalars, _clipped_log(rms_mu), consistency, rank, size[None]])
+
+
+def _update_loss(state: dict, loss: torch.Tensor | None) -> None:
+    """Fold one training loss into the EMAs `loss_ema` (in place); a missing or non-finite loss
+    leaves them unchanged."""
+    if loss is None or not bool(torch.isfinite(loss)):
+        return
+    d = torch.tensor(LOSS_DECAYS, device=loss.device)
+    state["loss_ema"] = d * state["loss_ema"] + (1 - d) * loss
+    state["loss_count"] += 1
+    fast = state["loss_ema"][0] / (1 - d[0] ** float(state["loss_count"]))
+    state["loss_min"] = torch.minimum(state["loss_min"], fast)
+
+
+def _loss_features(state: dict) -> torch.Tensor:
+    """Three features in [-1, 1] from the loss EMAs (`features.loss_features`)."""
+    ema = state["loss_ema"]
+    if state["loss_count"] == 0:
+        return torch.zeros(NUM_LOSS_FEATURES, device=ema.device)
+    d = torch.tensor(LOSS_DECAYS, device=ema.device)
+    corrected = ema / (1 - d ** float(state["loss_count"]))
+    fast, medium, slow = corrected[0], corrected[1], corrected[2]
+    minimum = state["loss_min"]
+
+    def ratio(num, den):
+        den = torch.abs(den) + 1e-6 * torch.abs(slow) + 1e-12
+        return torch.clamp(num / den, -1.0, 1.0)
+
+    feats = torch.stack([
+        ratio(fast - medium, medium),
+        ratio(medium - slow, slow),
+        2.0 * ratio(fast - minimum, slow - minimum) - 1.0,
+    ])  # fmt: skip
+    return torch.clamp(feats, -1.0, 1.0)
+
+
+def _state_to_float32(optimizer: torch.optim.Optimizer) -> None:
+    """Undo `load_state_dict`'s cast of the state to each parameter's dtype: it is float32."""
+    for state in optimizer.state.values():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor) and value.is_floating_point():
+                state[key] = value.float()
+
+
+class _Learned(torch.optim.Optimizer):
+    """Common parts: the meta-parameters `theta` per device, the closure, the loop over
+    parameters with gradients."""
+
+    def __init__(self, params, theta: dict[str, torch.Tensor], defaults: dict):
+        super().__init__(params, defaults)
+        self._theta = {torch.device("cpu"): {k: v.float().cpu() for k, v in theta.items()}}
+        self.register_load_state_dict_post_hook(_state_to_float32)
+
+    def theta(self, device: torch.device) -> dict[str, torch.Tensor]:
+        """The meta-parameters on `device` (copied there once)."""
+        if device not in self._theta:
+            cpu = self._theta[torch.device("cpu")]
+            self._theta[device] = {k: v.to(device) for k, v in cpu.items()}
+        return self._theta[device]
+
+    @torch.no_grad()
+    def step(self, closure=None, loss=None):
+        """Update every parameter that has a gradient; `loss` (or `closure()`'s) feeds the loss
+        features of the hypernetwork. Returns the closure's loss."""
+        closure_loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                closure_loss = closure()
+        loss = closure_loss if loss is None else loss
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+                update = self._update(p, group, loss)
+                p.add_(update.reshape(p.shape).to(p.dtype))
+        return closure_loss
+
+
+class LearnedMLP(_Learned):
+    r"""The per-parameter MLP learned optimizer (small_fc_lopt; `l2o.optimizers.mlp`).
+
+    Per element, the MLP reads the gradient, the parameter and its momenta at `decays` (each
+    divided by its RMS over the tensor) and 11 tanh embeddings of the training fraction
+    :math:`t / T`, and outputs a direction :math:`d` and a log-magnitude :math:`m`:
+
+    .. math::
+
+        \Delta\theta = -\exp(\alpha m) \left( \eta \, \frac{\hat\mu}{\sqrt{\hat\nu + \epsilon^2}}
+        + \beta d \right), \qquad \eta = \exp(\theta_{\log\eta})
+
+    with :math:`\hat\mu, \hat\nu` the bias-corrected momentum at `base_decay` and second moment.
+
+    Args:
+      params: the parameters, or dicts of parameter groups.
+      theta: the meta-parameters (`read_learned`).
+      config: the file's config.
+      num_steps: :math:`T` (per group).
+    """
+
+    def __init__(self, params, theta, config: dict, num_steps: int):
+        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+            raise ValueError(f"num_steps must be a positive int, got {num_steps!r}")
+        super().__init__(params, theta, {"num_steps": num_steps})
+        self.decays = tuple(config["decays"])
+        self.base = self.decays.index(config["base_decay"])
+        self.exp_mult, self.step_mult = config["exp_mult"], config["step_mult"]
+        self.num_layers = len(config["hidden_sizes"]) + 1
+
+    def _update(self, p, group, loss):
+        theta, device = self.theta(p.device), p.device
+        state, g, w = self.state[p], _f32(p.grad), _f32(p)
+        if not state:
+            state["step"] = 0
+            state["mu"] = torch.zeros((len(self.decays), g.numel()), device=device)
+            state["nu"] = torch.zeros_like(g)
+        _update_moments(state["mu"], state["nu"], g, _column(self.decays, device))
+        embedding = _progress_embedding(state["step"], group["num_steps"], device)
+        state["step"] += 1
+        num_inputs = 2 + len(self.decays)
+        first_bias = theta["b0"] + embedding @ theta["w0"][num_inputs:]
+        h = _input_layer(theta["w0"][:num_inputs], first_bias, w, g, state["mu"])
+        out = _mlp(theta, torch.relu(h), self.num_layers) if self.num_layers > 1 else h
+        count = torch.tensor(float(state["step"]), device=device)
+        base = self.base
+        direction = _adam_directions(
+            state["mu"][base : base + 1],
+            state["nu"],
+            count,
+            _column(self.decays[base:][:1], device),
+        )[0]
+        lr = torch.exp(theta["log_lr"])
+        return -(torch.exp(self.exp_mult * out[1]) * (lr * direction + self.step_mult * out[0]))
+
+
+class LearnedHyper(_Learned):
+    r"""The VeLO-style hypernetwork learned optimizer (`l2o.optimizers.hyper`).
+
+    Per step and tensor an LSTM reads the tensor's statistics, the 11 training-progress
+    embeddings and 3 loss features; its output mixes a bank of per-parameter MLPs,
+    :math:`c = \mathrm{softmax}(W_c h + b_c)`, and gives a log step :math:`s = w_s^\top h +
+    b_s`. The tensor's MLP (weights :math:`\sum_k c_k \phi_k`) outputs :math:`d, m`:
+
+    .. math::
+
+        \Delta\theta = -e^{s} \exp(\alpha m) \left( \eta \, \frac{\hat\mu}{\sqrt{\hat\nu +
+        \epsilon^2}} + \beta d \right), \qquad \eta = \exp(\theta_{\log\eta})
+
+    Pass the training loss as `step(loss=...)` or through a closure (else the loss features
+    are zero).
+
+    Args:
+      params: the parameters, or dicts of parameter groups.
+      theta: the meta-parameters (`read_learned`).
+      config: the file's config.
+      num_steps: :math:`T` (per group).
+    """
+
+    def __init__(self, params, theta, config: dict, num_steps: int):
+        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+            raise ValueError(f"num_steps must be a positive int, got {num_steps!r}")
+        super().__init__(params, theta, {"num_steps": num_steps})
+        self.decays = tuple(config["decays"])
+        self.base = self.decays.index(config["base_decay"])
+        self.exp_mult, self.step_mult = config["exp_mult"], config["step_mult"]
+        self.lstm_size = config["lstm_size"]
+        self.num_layers = len(config["mlp_hidden_sizes"]) + 1
+
+    def _update(self, p, group, loss):
+        theta, device = self.theta(p.device), p.device
+        state, g, w = self.state[p], _f32(p.grad), _f32(p)
+        if not state:
+            state["step"] = 0
+            state["mu"] = torch.zeros((len(self.decays), g.numel()), device=device)
+            state["nu"] = torch.zeros_like(g)
+            state["h"] = torch.zeros((self.lstm_size, 1), device=device)
+            state["c"] = torch.zeros((self.lstm_size, 1), device=device)
+            state["loss_ema"] = torch.zeros(len(LOSS_DECAYS), device=device)
+            state["loss_count"] = 0
+            state["loss_min"] = torch.tensor(1e30, device=device)
+        decays = _column(self.decays, device)
+        _update_moments(state["mu"], state["nu"], g, decays)
+        _update_loss(state, None if loss is None else torch.as_tensor(loss).float().to(device))
+        embedding = _progress_embedding(state["step"], group["num_steps"], device)
+        state["step"] += 1
+        stats = _tensor_statistics(w, g, state["mu"], state["nu"], p.ndim)
+        x = torch.cat([embedding, _loss_features(state), stats])[:, None]
+        h, c = _lstm_cell(
+            x, state["h"], state["c"], theta["lstm_wx"], theta["lstm_wh"], theta["lstm_b"]
+        )
+        state["h"], state["c"] = h, c
+        mix = torch.softmax(theta["mix_w"].T @ h[:, 0] + theta["mix_b"], dim=0)
+        log_step = (theta["step_w"].T @ h[:, 0] + theta["step_b"])[0]
+        weights = {
+            k[len("bank_") :]: torch.tensordot(mix, v, dims=1)
+            for k, v in theta.items()
+            if k.startswith("bank_")
+        }
+        count = torch.tensor(float(state["step"]), device=device)
+        directions = _adam_directions(state["mu"], state["nu"], count, decays)
+        k = len(self.decays)
+        z = _input_layer(weights["w0"], weights["b0"], w, g, state["mu"])
+        z = z + weights["w0"][2 + k :].T @ directions
+        out = _mlp(weights, torch.relu(z), self.num_layers) if self.num_layers > 1 else z
+        lr = torch.exp(theta["log_lr"])
+        scale = torch.exp(log_step + self.exp_mult * out[1])
+        return -(scale * (lr * directions[self.base] + self.step_mult * out[0]))
+
+
+class LearnedLSTM(_Learned):
+    r"""The coordinatewise LSTM learned optimizer (Andrychowicz et al. 2016; `l2o.optimizers.lstm`).
+
+    Every element runs the same LSTM on its preprocessed gradient :math:`\tilde g = (\log|g| /
+    p, \operatorname{sign} g)` if :math:`|g| \ge e^{-p}`, else :math:`(-1, e^p g)`:
+
+    .. math::
+
+        \Delta\theta_t = 0.01 \, (w_{out}^\top h^{(L)}_t + b_{out})
+        \;\left[ - \eta \frac{\hat\mu_t}{\sqrt{\hat\nu_t + \epsilon^2}} \right]_{\text{residual}}
+
+    Args:
+      params: the parameters, or dicts of parameter groups.
+      theta: the meta-parameters (`read_learned`).
+      config: the file's config.
+    """
+
+    def __init__(self, params, theta, config: dict):
+        super().__init__(params, theta, {})
+        self.hidden, self.layers = config["hidden_size"], config["num_layers"]
+        self.p, self.output_scale = config["preprocess_p"], config["output_scale"]
+        self.residual, self.b1 = config["residual"], config["b1"]
+
+    def _update(self, p, group, loss):
+        theta, device = self.theta(p.device), p.device
+        state, g = self.state[p], _f32(p.grad)
+        if not state:
+            state["step"] = 0
+            for i in range(self.layers):
+                state[f"h{i}"] = torch.zeros((self.hidden, g.numel()), device=device)
+                state[f"c{i}"] = torch.zeros((self.hidden, g.numel()), device=device)
+            if self.residual:
+                state["mu"] = torch.zeros((1, g.numel()), device=device)
+                state["nu"] = torch.zeros_like(g)
+        state["step"] += 1
+        threshold = torch.exp(torch.tensor(-self.p, device=device))
+        big = torch.abs(g) >= threshold
+        log_part = torch.log(torch.maximum(torch.abs(g), threshold)) / self.p
+        x = torch.stack([
+            torch.where(big, log_part, -1.0),
+            torch.where(big, torch.sign(g), torch.exp(torch.tensor(self.p, device=device)) * g),
+        ])  # fmt: skip
+        for i in range(self.layers):
+            h, c = _lstm_cell(
+                x,
+                state[f"h{i}"],
+                state[f"c{i}"],
+                *(theta[f"lstm{i}_{k}"] for k in ("wx", "wh", "b")),
+            )
+            state[f"h{i}"], state[f"c{i}"] = h, c
+            x = h
+        update = self.output_scale * (theta["out_w"].T @ x + theta["out_b"][:, None])[0]
+        if self.residual:
+            decays = _column((self.b1,), device)
+            _update_moments(state["mu"], state["nu"], g, decays)
+            count = torch.tensor(float(state["step"]), device=device)
+            direction = _adam_directions(state["mu"], state["nu"], count, decays)[0]
+            update = update - torch.exp(theta["log_lr"]) * direction
+        return update
+
+
+class LearnableAdam(_Learned):
+    r"""Adam with meta-learned hyperparameters (`l2o.optimizers.learnable_adam`):
+
+    .. math::
+
+        \Delta\theta_t = -\eta \, \frac{\hat m_t}{\sqrt{\hat v_t + 10^{-16}} + \epsilon}, \quad
+        \eta = e^{\theta_{\log\eta}}, \; \beta_i = \sigma(\theta_{\beta_i}), \;
+        \epsilon = e^{\theta_{\log\epsilon}}
+
+    with Adam's bias-corrected moments at decays :math:`\beta_1, \beta_2`.
+
+    Args:
+      params: the parameters, or dicts of parameter groups.
+      theta: the meta-parameters (`read_learned`).
+    """
+
+    def __init__(self, params, theta):
+        super().__init__(params, theta, {})
+
+    def _update(self, p, group, loss):
+        theta, device = self.theta(p.device), p.device
+        state, g = self.state[p], _f32(p.grad)
+        if not state:
+            state["step"] = 0
+            state["mu"] = torch.zeros_like(g)
+            state["nu"] = torch.zeros_like(g)
+        state["step"] += 1
+        lr, eps = torch.exp(theta["log_lr"]), torch.exp(theta["log_eps"])
+        b1, b2 = torch.sigmoid(theta["logit_b1"]), torch.sigmoid(theta["logit_b2"])
+        t = torch.tensor(float(state["step"]), device=device)
+        state["mu"] = b1 * state["mu"] + (1 - b1) * g
+        state["nu"] = b2 * state["nu"] + (1 - b2) * torch.square(g)
+        m_hat, v_hat = state["mu"] / (1 - b1**t), state["nu"] / (1 - b2**t)
+        return -lr * m_hat / (torch.sqrt(v_hat + EPS_ROOT) + eps)

@@ -1,0 +1,237 @@
+"""The PyTorch learned optimizers (`l2o/optimizers/torch_learned.py`) update as their optax
+transforms do over 200 steps (the shipped file and every architecture with random
+meta-parameters), train a torch model, resume bit for bit from a state_dict, and refuse hostile
+or mismatched files with one line naming the file; `l2o export --format torch` writes them."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import math
+import struct
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from l2o.cli.main import main
+from l2o.optimizers import file_format, registry
+from l2o.optimizers.file_format import load_learned, save_learned
+
+torch = pytest.importorskip("torch")
+torch.set_num_threads(1)  # tiny tensors: threads only contend
+tl = pytest.importorskip("l2o.optimizers.torch_learned")
+
+PRETRAINED = Path(__file__).resolve().parents[3] / "l2o" / "pretrained"
+SHAPES = {"a": (3, 4), "b": (5,), "c": ()}
+STEPS, NUM_STEPS = 200, 150
+SMALL = {  # output multipliers raised so that every network path moves the weights
+    "mlp": {"hidden_sizes": [4], "exp_mult": 0.3, "step_mult": 0.03},
+    "hyper": {"lstm_size": 4, "num_mlps": 3, "mlp_hidden_sizes": [4], "decays": [0.5, 0.9, 0.99],
+              "exp_mult": 0.3, "step_mult": 0.03},
+    "lstm": {"hidden_size": 4, "num_layers": 2},
+    "learnable_adam": {},
+}  # fmt: skip
+ADAM_POINT = {"log_lr": math.log(1e-2), "logit_b1": math.log(9.0), "logit_b2": math.log(999.0),
+              "log_eps": math.log(1e-8)}  # fmt: skip
+
+
+def random_file(path: Path, name: str, config: dict, scale: float, seed: int) -> Path:
+    """A file of architecture `name` whose meta-parameters are `scale` times standard normals
+    (biases and weights alike) around the Adam point (learning rate 1e-2, b1 0.9, b2 0.999)."""
+    rng = np.random.default_rng(seed)
+    leaves = file_format.expected_leaves(name, registry.make_config(name, **config))
+    flat = {k: scale * rng.standard_normal(v.shape) + ADAM_POINT.get(k, 0.0)
+            for k, v in leaves.items()}  # fmt: skip
+    return save_learned(path, name, config, flat)  # every theta is a flat dict
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    """The shipped files; each architecture at random meta-parameters (`NAME`), and near the
+    Adam point (`NAME_near`: small networks, so the optimizer trains)."""
+    out = {p.stem: p for p in sorted(PRETRAINED.glob("*.safetensors"))}
+    directory = tmp_path_factory.mktemp("learned")
+    for i, (name, config) in enumerate(SMALL.items()):
+        out[name] = random_file(directory / f"{name}.safetensors", name, config, 0.3, i)
+        near = directory / f"{name}_near.safetensors"
+        config = {k: v for k, v in config.items() if k not in ("exp_mult", "step_mult")}
+        out[f"{name}_near"] = random_file(near, name, config, 0.05, 10 + i)
+    return out
+
+
+def initial_params() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return {k: rng.standard_normal(s).astype(np.float32) for k, s in SHAPES.items()}
+
+
+def streams(steps: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Float32 gradients per leaf `[steps, *shape]` (a drifting mean) and falling losses."""
+    rng = np.random.default_rng(1)
+    drift = np.sin(np.arange(steps) / 20)
+    grads = {
+        k: (rng.standard_normal((steps, *s)) + drift.reshape(-1, *[1] * len(s))).astype(np.float32)
+        for k, s in SHAPES.items()
+    }
+    losses = (2.0 * np.exp(-np.arange(steps) / 50) + 0.1 * rng.random(steps)).astype(np.float32)
+    return grads, losses
+
+
+def optax_run(transform, steps: int) -> dict[str, np.ndarray]:
+    grads, losses = streams(steps)
+
+    def step(carry, inputs):
+        p, state = carry
+        g, loss = inputs
+        updates, state = transform.update(g, state, p, loss=loss, num_steps=NUM_STEPS)
+        return (optax.apply_updates(p, updates), state), None
+
+    params = jax.tree.map(jnp.asarray, initial_params())
+    run = jax.jit(lambda p, xs: jax.lax.scan(step, (p, transform.init(p)), xs)[0][0])
+    out = run(params, (jax.tree.map(jnp.asarray, grads), jnp.asarray(losses)))
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+def torch_params() -> dict:
+    return {k: torch.tensor(v, requires_grad=True) for k, v in initial_params().items()}
+
+
+def torch_run(optimizer, params, steps: range) -> None:
+    grads, losses = streams(STEPS)
+    for t in steps:
+        for k, p in params.items():
+            p.grad = torch.tensor(grads[k][t])
+        optimizer.step(loss=float(losses[t]))
+
+
+NAMES = ["mlp_digits", *SMALL]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_matches_optax_over_200_steps_and_resumes_bit_for_bit(files, name):
+    params = torch_params()
+    optimizer = tl.load(files[name], params.values(), num_steps=NUM_STEPS)
+    torch_run(optimizer, params, range(STEPS // 2))
+    saved = io.BytesIO()
+    torch.save(optimizer.state_dict(), saved)
+    halfway = {k: p.detach().clone() for k, p in params.items()}
+    torch_run(optimizer, params, range(STEPS // 2, STEPS))
+    want = optax_run(load_learned(files[name])[0], STEPS)
+    for k, p in params.items():
+        np.testing.assert_allclose(p.detach().numpy(), want[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+    resumed = {k: v.clone().requires_grad_(True) for k, v in halfway.items()}
+    fresh = tl.load(files[name], resumed.values(), num_steps=NUM_STEPS)
+    saved.seek(0)
+    fresh.load_state_dict(torch.load(saved, weights_only=True))
+    torch_run(fresh, resumed, range(STEPS // 2, STEPS))
+    for k, p in params.items():
+        assert torch.equal(resumed[k], p), k
+
+
+@pytest.mark.parametrize("name", ["mlp_digits", *(f"{name}_near" for name in SMALL)])
+def test_trains_a_torch_model(files, name):
+    torch.manual_seed(0)
+    x = torch.randn(64, 8)
+    y = torch.sin(x @ torch.randn(8, 1))
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+    optimizer = tl.load(files[name], model.parameters(), num_steps=200)
+
+    def closure():
+        optimizer.zero_grad()
+        loss = torch.mean((model(x) - y) ** 2)
+        loss.backward()
+        return loss
+
+    losses = [float(optimizer.step(closure).detach()) for _ in range(200)]
+    assert np.isfinite(losses).all() and np.mean(losses[-10:]) < 0.5 * losses[0], losses[::40]
+
+
+def test_expected_shapes_agree_with_the_file_format():
+    configs = [(name, config) for name, config in SMALL.items()]
+    configs += [(name, {}) for name in registry.list_learned()]
+    configs += [("lstm", {"residual": False, "num_layers": 1}), ("mlp", {"hidden_sizes": []})]
+    for name, values in configs:
+        config = registry.make_config(name, **values)
+        want = {k: tuple(v.shape) for k, v in file_format.expected_leaves(name, config).items()}
+        assert tl.expected_shapes(name, registry.config_to_dict(config)) == want, name
+
+
+def _split(path: Path) -> tuple[dict, bytes]:
+    data = path.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    return json.loads(data[8 : 8 + n]), data[8 + n :]
+
+
+def _join(header: dict, data: bytes) -> bytes:
+    text = json.dumps(header).encode()
+    return struct.pack("<Q", len(text)) + text + data
+
+
+def _wrong_shape(path):
+    header, data = _split(path)
+    header["log_lr"]["shape"] = [1]
+    return _join(header, data)
+
+
+def _wrong_architecture(path):
+    header, data = _split(path)
+    header["__metadata__"]["architecture"] = "lstm"
+    config = registry.make_config("lstm", hidden_size=4, num_layers=1)
+    header["__metadata__"]["config"] = json.dumps(registry.config_to_dict(config))
+    return _join(header, data)
+
+
+def _config_of_wrong_type(path):
+    header, data = _split(path)
+    config = json.loads(header["__metadata__"]["config"])
+    header["__metadata__"]["config"] = json.dumps({**config, "exp_mult": "1e-3"})
+    return _join(header, data)
+
+
+def _flipped_bit(path):
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x10
+    return bytes(data)
+
+
+def _truncated(path):
+    return path.read_bytes()[:-4]
+
+
+@pytest.mark.parametrize(
+    "corrupt, message",
+    [(_wrong_shape, "shape"), (_wrong_architecture, "not fit architecture 'lstm'"),
+     (_config_of_wrong_type, "exp_mult"), (_flipped_bit, "sha256 mismatch"),
+     (_truncated, "bytes of data"), (lambda path: b"\xff" * 12, "header length")],
+)  # fmt: skip
+def test_hostile_files_are_refused_in_one_line(files, tmp_path, capsys, corrupt, message):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(corrupt(files["mlp"]))  # the shipped file predates the sha256
+    with pytest.raises(tl.OptimizerFileError, match=message) as error:
+        tl.load(bad, [torch.zeros(2, requires_grad=True)])
+    assert str(bad) in str(error.value) and "\n" not in str(error.value)
+    code = main(["export", str(bad), "--format", "torch", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and str(bad) in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_command_writes_a_module_and_its_file(files, tmp_path):
+    out = tmp_path / "out"
+    args = ["export", str(files["mlp_digits"]), "--format", "torch", "--out", str(out)]
+    assert main([*args, "--name", "digits"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["digits.py", "digits.safetensors"]
+    spec = importlib.util.spec_from_file_location("digits", out / "digits.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    w = torch.ones(4, requires_grad=True)
+    optimizer = module.load(out / "digits.safetensors", [w], num_steps=10)
+    assert type(optimizer).__name__ == "LearnedMLP"
+    w.grad = torch.ones(4)
+    optimizer.step()
+    assert bool((w < 1).all())
