@@ -582,8 +582,7 @@ TORCH: dict[str, str] = {
 TORCH_HELPERS = {
     "_safe_divisor": '''def _safe_divisor(x):
     """`x` with magnitudes below `TINY` replaced by `+-TINY` (zero becomes `+TINY`)."""
-    tiny = torch.where(x < 0, -TINY, TINY).to(x.dtype)
-    return torch.where(torch.abs(x) < TINY, tiny, x)''',
+    return torch.where(x < 0, torch.clamp(x, max=-TINY), torch.clamp(x, min=TINY))''',
     "_pow_abs": '''def _pow_abs(x, p):
     """`max(|x|, TINY)^p`, the exponent clipped to `[-MAX_EXP, MAX_EXP]`."""
     exponent = p * torch.log(torch.clamp(torch.abs(x), min=TINY))
