@@ -264,10 +264,10 @@ def _column(values, device) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float32, device=device)[:, None]
 
 
-def _update_moments(mu, nu, g, decays: torch.Tensor, b2: float = B2):
+def _update_moments(mu, nu, g, decays: torch.Tensor, b2: float = B2) -> None:
     """`mu_k <- d_k mu_k + (1 - d_k) g`, `nu <- b2 nu + (1 - b2) g^2`, in place."""
-    mu.copy_(decays * mu + (1 - decays) * g[None])
-    nu.copy_(b2 * nu + (1 - b2) * torch.square(g))
+    mu.mul_(decays).add_((1 - decays) * g[None])
+    nu.mul_(b2).add_((g * g).mul_(1 - b2))
 
 
 def _adam_directions(mu, nu, count: torch.Tensor, decays: torch.Tensor, b2: float = B2):
@@ -279,7 +279,7 @@ def _adam_directions(mu, nu, count: torch.Tensor, decays: torch.Tensor, b2: floa
 
 def _channel_scale(x: torch.Tensor) -> torch.Tensor:
     """`1 / RMS` of each channel of `x [C, n]`: `[C]`."""
-    return torch.rsqrt(1e-12 + torch.mean(torch.square(x), dim=1))
+    return torch.rsqrt(1e-12 + torch.mean(x * x, dim=1))
 
 
 def _progress_embedding(step: int, num_steps: int, device) -> torch.Tensor:
@@ -290,20 +290,19 @@ def _progress_embedding(step: int, num_steps: int, device) -> torch.Tensor:
 
 
 def _input_layer(w, b, p, g, mu) -> torch.Tensor:
-    """`w^T x + b` for `x = [g, p, mu_1..mu_K]`, each channel divided by its RMS: `[n_out, n]`."""
-    scale_g, scale_p = _channel_scale(g[None]), _channel_scale(p[None])
-    w_mu = w[2 : 2 + mu.shape[0]] * _channel_scale(mu)[:, None]
-    h = w_mu.T @ mu + b[:, None]
-    h = h + (scale_g * w[0])[:, None] * g[None]
-    return h + (scale_p * w[1])[:, None] * p[None]
+    """`w^T x + b` for `x = [g, p, mu_1..mu_K]`, each channel divided by its RMS over the
+    tensor (`w` may have more rows; the first `2 + K` are used): `[n_out, n]`."""
+    x = torch.cat([g[None], p[None], mu])
+    w = w[: x.shape[0]] * _channel_scale(x)[:, None]
+    return torch.addmm(b[:, None], w.T, x)
 
 
 def _mlp(weights: dict, x: torch.Tensor, num_layers: int, start: int = 1) -> torch.Tensor:
     """Layers `start..num_layers - 1` of a ReLU MLP over the channels of `x`."""
     for i in range(start, num_layers):
-        x = weights[f"w{i}"].T @ x + weights[f"b{i}"][:, None]
+        x = torch.addmm(weights[f"b{i}"][:, None], weights[f"w{i}"].T, x)
         if i < num_layers - 1:
-            x = torch.relu(x)
+            x = torch.relu_(x)
     return x
 
 
@@ -321,14 +320,14 @@ def _clipped_log(x: torch.Tensor) -> torch.Tensor:
 
 def _tensor_statistics(p, g, mu, nu, ndim: int) -> torch.Tensor:
     """VeLO-style summary of one tensor (`features.tensor_statistics`): `[4 + 2K + 6]`."""
-    rms_g = torch.sqrt(torch.mean(torch.square(g)) + 1e-30)
-    rms_mu = torch.sqrt(torch.mean(torch.square(mu), dim=1) + 1e-30)
+    rms_g = torch.sqrt(torch.mean(g * g) + 1e-30)
+    rms_mu = torch.sqrt(torch.mean(mu * mu, dim=1) + 1e-30)
     mean_mu = torch.mean(mu, dim=1)
     rank = torch.zeros(RANK_BUCKETS, device=p.device)
     rank[min(ndim, RANK_BUCKETS - 1)] = 1.0
     size = torch.log10(torch.tensor(float(max(p.numel(), 1)), device=p.device)) / 10.0
     scalars = torch.stack([
-        _clipped_log(torch.sqrt(torch.mean(torch.square(p)) + 1e-30)),
+        _clipped_log(torch.sqrt(torch.mean(p * p) + 1e-30)),
         _clipped_log(rms_g),
         _clipped_log(torch.sqrt(torch.mean(nu) + 1e-30)),
         torch.mean(torch.abs(g)) / (rms_g + 1e-12),
@@ -458,7 +457,7 @@ class LearnedMLP(_Learned):
         num_inputs = 2 + len(self.decays)
         first_bias = theta["b0"] + embedding @ theta["w0"][num_inputs:]
         h = _input_layer(theta["w0"][:num_inputs], first_bias, w, g, state["mu"])
-        out = _mlp(theta, torch.relu(h), self.num_layers) if self.num_layers > 1 else h
+        out = _mlp(theta, torch.relu_(h), self.num_layers) if self.num_layers > 1 else h
         count = torch.tensor(float(state["step"]), device=device)
         base = self.base
         direction = _adam_directions(
@@ -538,8 +537,8 @@ class LearnedHyper(_Learned):
         directions = _adam_directions(state["mu"], state["nu"], count, decays)
         k = len(self.decays)
         z = _input_layer(weights["w0"], weights["b0"], w, g, state["mu"])
-        z = z + weights["w0"][2 + k :].T @ directions
-        out = _mlp(weights, torch.relu(z), self.num_layers) if self.num_layers > 1 else z
+        z = torch.addmm(z, weights["w0"][2 + k :].T, directions)
+        out = _mlp(weights, torch.relu_(z), self.num_layers) if self.num_layers > 1 else z
         lr = torch.exp(theta["log_lr"])
         scale = torch.exp(log_step + self.exp_mult * out[1])
         return -(scale * (lr * directions[self.base] + self.step_mult * out[0]))
@@ -637,6 +636,6 @@ class LearnableAdam(_Learned):
         b1, b2 = torch.sigmoid(theta["logit_b1"]), torch.sigmoid(theta["logit_b2"])
         t = torch.tensor(float(state["step"]), device=device)
         state["mu"] = b1 * state["mu"] + (1 - b1) * g
-        state["nu"] = b2 * state["nu"] + (1 - b2) * torch.square(g)
+        state["nu"] = b2 * state["nu"] + (1 - b2) * (g * g)
         m_hat, v_hat = state["mu"] / (1 - b1**t), state["nu"] / (1 - b2**t)
         return -lr * m_hat / (torch.sqrt(v_hat + EPS_ROOT) + eps)
