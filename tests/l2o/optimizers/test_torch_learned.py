@@ -5,6 +5,7 @@ or mismatched files with one line naming the file; `l2o export --format torch` w
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import io
 import json
@@ -235,3 +236,22 @@ def test_export_command_writes_a_module_and_its_file(files, tmp_path):
     w.grad = torch.ones(4)
     optimizer.step()
     assert bool((w < 1).all())
+
+
+def test_module_needs_only_torch_and_the_standard_library():
+    tree = ast.parse(Path(tl.__file__).read_text())
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names}  # fmt: skip
+    imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert imported == {"__future__", "hashlib", "json", "math", "os", "struct", "torch"}
+
+
+def test_float64_parameters_keep_float32_state_through_a_resume(files):
+    w = torch.ones(3, dtype=torch.float64, requires_grad=True)
+    optimizer = tl.load(files["mlp"], [w], num_steps=10)
+    w.grad = torch.ones(3, dtype=torch.float64)
+    optimizer.step()
+    fresh = tl.load(files["mlp"], [w], num_steps=10)
+    fresh.load_state_dict(optimizer.state_dict())
+    assert w.dtype == torch.float64 and bool((w < 1).all())
+    assert {v.dtype for v in fresh.state[w].values() if torch.is_tensor(v)} == {torch.float32}
