@@ -164,6 +164,24 @@ def test_export_rule_writes_three_files_whose_module_matches_the_interpreter(tmp
         params = optax.apply_updates(params, outs[1])
 
 
+def test_export_rule_as_torch_writes_one_module_whose_optimizer_trains(tmp_path):
+    torch = pytest.importorskip("torch")
+    rule = tmp_path / "rule.json"
+    save_rule(rule, get_program("adam"), {"learning_rate": 0.05})
+    out = tmp_path / "exported"
+    args = ["export-rule", str(rule), "--out", str(out), "--name", "my_adam", "--format", "torch"]
+    assert main(args) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["my_adam.py"]
+    w = torch.tensor([1.0, -2.0], requires_grad=True)
+    optimizer = _import(out / "my_adam.py").MyAdam([w])
+    assert optimizer.defaults["lr"] == 0.05
+    for _ in range(60):
+        optimizer.zero_grad()
+        torch.sum(w * w).backward()
+        optimizer.step()
+    assert float(torch.sum(w.detach() ** 2)) < 0.1
+
+
 @pytest.mark.parametrize(
     "text, args, message",
     [("{not json", [], "not valid JSON"),
