@@ -66,6 +66,7 @@ def _parse_json(text, what: str):
 
 
 def _int(config: dict, key: str, low: int = 1) -> int:
+    """`config[key]`, an int in `[low, 2**31)`."""
     value = config.get(key)
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value < 2**31:
         raise ValueError(f"config {key!r} must be an int >= {low}, got {value!r:.40}")
@@ -73,23 +74,31 @@ def _int(config: dict, key: str, low: int = 1) -> int:
 
 
 def _float(config: dict, key: str) -> float:
+    """`config[key]`, a finite number."""
     value = config.get(key)
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise ValueError(f"config {key!r} must be a finite number, got {value!r:.40}")
     return float(value)
 
 
-def _numbers(config: dict, key: str, kind=float) -> tuple:
+def _numbers(config: dict, key: str, sizes: bool = False) -> tuple:
+    """The list `config[key]` of finite numbers (with `sizes`: of positive ints)."""
     values = config.get(key)
     if not isinstance(values, list) or len(values) > 64:
         raise ValueError(f"config {key!r} must be a list of at most 64 numbers")
     for v in values:
-        if isinstance(v, bool) or not isinstance(v, int | (float if kind is float else int)):
-            raise ValueError(f"config {key!r} holds {v!r:.40}, not a {kind.__name__}")
-    return tuple(kind(v) for v in values)
+        if sizes:
+            ok = isinstance(v, int) and not isinstance(v, bool) and 1 <= v < 2**31
+        else:
+            ok = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+        if not ok:
+            kind = "a positive int" if sizes else "a finite number"
+            raise ValueError(f"config {key!r} holds {v!r:.40}, not {kind}")
+    return tuple(values)
 
 
 def _mlp_shapes(sizes, prefix: str = "", leading: tuple[int, ...] = ()) -> dict:
+    """Leaf shapes of an MLP with layer widths `sizes` (a bank of them with `leading`)."""
     shapes = {}
     for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
         shapes[f"{prefix}w{i}"] = (*leading, n_in, n_out)
@@ -109,12 +118,12 @@ def expected_shapes(name: str, config: dict) -> dict[str, tuple[int, ...]]:
         if not isinstance(config.get("residual"), bool):
             raise ValueError("config 'residual' must be a bool")
     if name == "mlp":
-        decays, hidden = _numbers(config, "decays"), _numbers(config, "hidden_sizes", int)
+        decays, hidden = _numbers(config, "decays"), _numbers(config, "hidden_sizes", sizes=True)
         sizes = (2 + len(decays) + len(PROGRESS_TIMESCALES), *hidden, 2)
         return {**_mlp_shapes(sizes), "log_lr": ()}
     if name == "hyper":
         k = len(_numbers(config, "decays"))
-        hidden = _numbers(config, "mlp_hidden_sizes", int)
+        hidden = _numbers(config, "mlp_hidden_sizes", sizes=True)
         size, num_mlps = _int(config, "lstm_size"), _int(config, "num_mlps")
         lstm_in = len(PROGRESS_TIMESCALES) + NUM_LOSS_FEATURES + 4 + 2 * k + RANK_BUCKETS + 1
         return {
