@@ -282,7 +282,7 @@ def _update_moments(mu, nu, g, decays: torch.Tensor, b2: float = B2) -> None:
 def _adam_directions(mu, nu, count: torch.Tensor, decays: torch.Tensor, b2: float = B2):
     """Bias-corrected `mu_hat_k / sqrt(nu_hat + 1e-16)`, `[K, n]`."""
     mu_hat = mu * (1.0 / (1.0 - decays**count))
-    nu_hat = nu / (1.0 - torch.pow(torch.tensor(b2, device=nu.device), count))
+    nu_hat = nu / (1.0 - torch.pow(torch.tensor(b2, dtype=torch.float32, device=nu.device), count))
     return mu_hat * torch.rsqrt(nu_hat + 1e-16)[None]
 
 
@@ -293,9 +293,13 @@ def _channel_scale(x: torch.Tensor) -> torch.Tensor:
 
 def _progress_embedding(step: int, num_steps: int, device) -> torch.Tensor:
     """`tanh(f / tau - 1)` per timescale `tau`, `f = step / num_steps` clipped to [0, 1]."""
-    fraction = torch.tensor(float(step), device=device) / max(float(num_steps), 1.0)
+    fraction = torch.tensor(float(step), dtype=torch.float32, device=device) / max(
+        float(num_steps), 1.0
+    )
     fraction = torch.clamp(fraction, 0.0, 1.0)
-    return torch.tanh(fraction / torch.tensor(PROGRESS_TIMESCALES, device=device) - 1.0)
+    return torch.tanh(
+        fraction / torch.tensor(PROGRESS_TIMESCALES, dtype=torch.float32, device=device) - 1.0
+    )
 
 
 def _input_layer(w, b, p, g, mu) -> torch.Tensor:
@@ -332,9 +336,12 @@ def _tensor_statistics(p, g, mu, nu, ndim: int) -> torch.Tensor:
     rms_g = torch.sqrt(torch.mean(g * g) + 1e-30)
     rms_mu = torch.sqrt(torch.mean(mu * mu, dim=1) + 1e-30)
     mean_mu = torch.mean(mu, dim=1)
-    rank = torch.zeros(RANK_BUCKETS, device=p.device)
+    rank = torch.zeros(RANK_BUCKETS, dtype=torch.float32, device=p.device)
     rank[min(ndim, RANK_BUCKETS - 1)] = 1.0
-    size = torch.log10(torch.tensor(float(max(p.numel(), 1)), device=p.device)) / 10.0
+    size = (
+        torch.log10(torch.tensor(float(max(p.numel(), 1)), dtype=torch.float32, device=p.device))
+        / 10.0
+    )
     scalars = torch.stack([
         _clipped_log(torch.sqrt(torch.mean(p * p) + 1e-30)),
         _clipped_log(rms_g),
@@ -350,7 +357,7 @@ def _update_loss(state: dict, loss: torch.Tensor | None) -> None:
     leaves them unchanged."""
     if loss is None or not bool(torch.isfinite(loss)):
         return
-    d = torch.tensor(LOSS_DECAYS, device=loss.device)
+    d = torch.tensor(LOSS_DECAYS, dtype=torch.float32, device=loss.device)
     state["loss_ema"] = d * state["loss_ema"] + (1 - d) * loss
     state["loss_count"] += 1
     fast = state["loss_ema"][0] / (1 - d[0] ** float(state["loss_count"]))
@@ -361,8 +368,8 @@ def _loss_features(state: dict) -> torch.Tensor:
     """Three features in [-1, 1] from the loss EMAs (`features.loss_features`)."""
     ema = state["loss_ema"]
     if state["loss_count"] == 0:
-        return torch.zeros(NUM_LOSS_FEATURES, device=ema.device)
-    d = torch.tensor(LOSS_DECAYS, device=ema.device)
+        return torch.zeros(NUM_LOSS_FEATURES, dtype=torch.float32, device=ema.device)
+    d = torch.tensor(LOSS_DECAYS, dtype=torch.float32, device=ema.device)
     corrected = ema / (1 - d ** float(state["loss_count"]))
     fast, medium, slow = corrected[0], corrected[1], corrected[2]
     minimum = state["loss_min"]
@@ -458,7 +465,9 @@ class LearnedMLP(_Learned):
         state, g, w = self.state[p], _f32(p.grad), _f32(p)
         if not state:
             state["step"] = 0
-            state["mu"] = torch.zeros((len(self.decays), g.numel()), device=device)
+            state["mu"] = torch.zeros(
+                (len(self.decays), g.numel()), dtype=torch.float32, device=device
+            )
             state["nu"] = torch.zeros_like(g)
         _update_moments(state["mu"], state["nu"], g, _column(self.decays, device))
         embedding = _progress_embedding(state["step"], group["num_steps"], device)
@@ -467,7 +476,7 @@ class LearnedMLP(_Learned):
         first_bias = theta["b0"] + embedding @ theta["w0"][num_inputs:]
         h = _input_layer(theta["w0"][:num_inputs], first_bias, w, g, state["mu"])
         out = _mlp(theta, torch.relu_(h), self.num_layers) if self.num_layers > 1 else h
-        count = torch.tensor(float(state["step"]), device=device)
+        count = torch.tensor(float(state["step"]), dtype=torch.float32, device=device)
         base = self.base
         direction = _adam_directions(
             state["mu"][base : base + 1],
@@ -517,13 +526,15 @@ class LearnedHyper(_Learned):
         state, g, w = self.state[p], _f32(p.grad), _f32(p)
         if not state:
             state["step"] = 0
-            state["mu"] = torch.zeros((len(self.decays), g.numel()), device=device)
+            state["mu"] = torch.zeros(
+                (len(self.decays), g.numel()), dtype=torch.float32, device=device
+            )
             state["nu"] = torch.zeros_like(g)
-            state["h"] = torch.zeros((self.lstm_size, 1), device=device)
-            state["c"] = torch.zeros((self.lstm_size, 1), device=device)
-            state["loss_ema"] = torch.zeros(len(LOSS_DECAYS), device=device)
+            state["h"] = torch.zeros((self.lstm_size, 1), dtype=torch.float32, device=device)
+            state["c"] = torch.zeros((self.lstm_size, 1), dtype=torch.float32, device=device)
+            state["loss_ema"] = torch.zeros(len(LOSS_DECAYS), dtype=torch.float32, device=device)
             state["loss_count"] = 0
-            state["loss_min"] = torch.tensor(1e30, device=device)
+            state["loss_min"] = torch.tensor(1e30, dtype=torch.float32, device=device)
         decays = _column(self.decays, device)
         _update_moments(state["mu"], state["nu"], g, decays)
         _update_loss(state, None if loss is None else torch.as_tensor(loss).float().to(device))
@@ -542,7 +553,7 @@ class LearnedHyper(_Learned):
             for k, v in theta.items()
             if k.startswith("bank_")
         }
-        count = torch.tensor(float(state["step"]), device=device)
+        count = torch.tensor(float(state["step"]), dtype=torch.float32, device=device)
         directions = _adam_directions(state["mu"], state["nu"], count, decays)
         k = len(self.decays)
         z = _input_layer(weights["w0"], weights["b0"], w, g, state["mu"])
@@ -582,18 +593,23 @@ class LearnedLSTM(_Learned):
         if not state:
             state["step"] = 0
             for i in range(self.layers):
-                state[f"h{i}"] = torch.zeros((self.hidden, g.numel()), device=device)
-                state[f"c{i}"] = torch.zeros((self.hidden, g.numel()), device=device)
+                state[f"h{i}"] = torch.zeros(
+                    (self.hidden, g.numel()), dtype=torch.float32, device=device
+                )
+                state[f"c{i}"] = torch.zeros(
+                    (self.hidden, g.numel()), dtype=torch.float32, device=device
+                )
             if self.residual:
-                state["mu"] = torch.zeros((1, g.numel()), device=device)
+                state["mu"] = torch.zeros((1, g.numel()), dtype=torch.float32, device=device)
                 state["nu"] = torch.zeros_like(g)
         state["step"] += 1
-        threshold = torch.exp(torch.tensor(-self.p, device=device))
+        p_ = torch.tensor(self.p, dtype=torch.float32, device=device)
+        threshold = torch.exp(-p_)
         big = torch.abs(g) >= threshold
         log_part = torch.log(torch.maximum(torch.abs(g), threshold)) / self.p
         x = torch.stack([
             torch.where(big, log_part, -1.0),
-            torch.where(big, torch.sign(g), torch.exp(torch.tensor(self.p, device=device)) * g),
+            torch.where(big, torch.sign(g), torch.exp(p_) * g),
         ])  # fmt: skip
         for i in range(self.layers):
             h, c = _lstm_cell(
@@ -608,7 +624,7 @@ class LearnedLSTM(_Learned):
         if self.residual:
             decays = _column((self.b1,), device)
             _update_moments(state["mu"], state["nu"], g, decays)
-            count = torch.tensor(float(state["step"]), device=device)
+            count = torch.tensor(float(state["step"]), dtype=torch.float32, device=device)
             direction = _adam_directions(state["mu"], state["nu"], count, decays)[0]
             update = update - torch.exp(theta["log_lr"]) * direction
         return update
@@ -643,7 +659,7 @@ class LearnableAdam(_Learned):
         state["step"] += 1
         lr, eps = torch.exp(theta["log_lr"]), torch.exp(theta["log_eps"])
         b1, b2 = torch.sigmoid(theta["logit_b1"]), torch.sigmoid(theta["logit_b2"])
-        t = torch.tensor(float(state["step"]), device=device)
+        t = torch.tensor(float(state["step"]), dtype=torch.float32, device=device)
         state["mu"] = b1 * state["mu"] + (1 - b1) * g
         state["nu"] = b2 * state["nu"] + (1 - b2) * (g * g)
         m_hat, v_hat = state["mu"] / (1 - b1**t), state["nu"] / (1 - b2**t)
