@@ -73,10 +73,20 @@ def _int(config: dict, key: str, low: int = 1) -> int:
     return value
 
 
+def _is_finite(value) -> bool:
+    """A finite int or float (not a bool, not an int beyond the float range)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def _float(config: dict, key: str) -> float:
     """`config[key]`, a finite number."""
     value = config.get(key)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if not _is_finite(value):
         raise ValueError(f"config {key!r} must be a finite number, got {value!r:.40}")
     return float(value)
 
@@ -90,7 +100,7 @@ def _numbers(config: dict, key: str, sizes: bool = False) -> tuple:
         if sizes:
             ok = isinstance(v, int) and not isinstance(v, bool) and 1 <= v < 2**31
         else:
-            ok = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+            ok = _is_finite(v)
         if not ok:
             kind = "a positive int" if sizes else "a finite number"
             raise ValueError(f"config {key!r} holds {v!r:.40}, not {kind}")
@@ -239,7 +249,7 @@ def read_learned(path) -> tuple[str, dict, dict[str, torch.Tensor]]:
         return _read(path)
     except OSError as e:
         raise OptimizerFileError(f"cannot read learned optimizer {path}: {e.strerror}") from None
-    except (ValueError, TypeError, RecursionError) as e:
+    except (ValueError, TypeError, RecursionError, OverflowError) as e:
         message = " ".join(str(e).split())
         raise OptimizerFileError(f"invalid learned optimizer {path}: {message}") from None
 

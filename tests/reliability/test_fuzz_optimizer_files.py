@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from l2o.optimizers.file_format import OptimizerFileError, load_learned, save_learned
@@ -274,3 +274,50 @@ def test_nan_theta_is_refused_by_name(tmp_path):
     path.write_bytes(join(header, body))
     with pytest.raises(OptimizerFileError, match=f"nan.safetensors.*{leaf}.*non-finite"):
         load_learned(path)
+
+
+@pytest.mark.slow
+def test_fuzzed_optimizer_files_through_the_torch_reader(tmp_path, fuzz, time_limit):
+    """The reader of `l2o export --format torch` (`torch_learned.read_learned`), which repeats
+    the file format's checks without jax: each fuzzed file loads into an optimizer that takes a
+    step, or is refused in one line naming the file; every file `load_learned` accepts loads.
+    300 cases (a third of the other fuzz tests': the mutations are the same)."""
+    torch = pytest.importorskip("torch")
+    from l2o.optimizers import torch_learned
+
+    valid = valid_files()
+    old = {name: without_digest(data) for name, data in valid.items()}
+    path = tmp_path / "opt.safetensors"
+    outcomes = {"ok": 0, "error": 0}
+    files = st.one_of(mutations(valid), mutations(old), st.binary(max_size=300))
+
+    cases = settings(fuzz, max_examples=300)
+
+    @cases
+    @given(files)
+    def case(data):
+        path.write_bytes(data)
+        with time_limit():
+            try:
+                load_learned(path)
+                accepted = True
+            except OptimizerFileError:
+                accepted = False
+            params = [torch.ones(3, 2, requires_grad=True), torch.zeros((), requires_grad=True)]
+            try:
+                optimizer = torch_learned.load(path, params, num_steps=10)
+            except torch_learned.OptimizerFileError as e:
+                message = str(e)
+                assert not accepted, message
+                assert str(path) in message and "\n" not in message, message
+                outcomes["error"] += 1
+            else:
+                for p in params:
+                    p.grad = torch.ones_like(p)
+                optimizer.step(loss=1.0)
+                outcomes["ok"] += 1
+
+    case()
+    assert sum(outcomes.values()) >= cases.max_examples, outcomes
+    print(sum(outcomes.values()), "cases:", outcomes)
+    assert min(outcomes.values()) >= 15, outcomes
