@@ -679,7 +679,8 @@ def export_torch(
     math_lines = "\n".join(f"      {line}" for line in " \\\\\n".join(_tex_lines(rule)).split("\n"))
     description = description.strip() or "An update rule found by symbolic search."
     description = "\n".join(f"    {x}".rstrip() for x in description.split("\n"))
-    state_doc = f"`step` and {', '.join(f'`{s}`' for s in slots)}" if slots else "`step`"
+    tensors = ", ".join(f"`{s}`" for s in slots)
+    state_doc = f"the tensors {tensors} (its dtype, on its device)" if slots else "no tensors"
     parts = [
         f'"""The update rule `{name}` as a `torch.optim.Optimizer`; needs only torch."""',
         "",
@@ -706,8 +707,9 @@ def export_torch(
         "",
         math_lines,
         "",
-        f"    The state of a parameter holds {state_doc}, in the parameter's dtype and on its",
-        "    device; values are computed in the gradient's dtype.",
+        "    The state of a parameter, created at its first step, holds its update count `step`",
+        f"    and {state_doc}.",
+        "    Values are computed in the gradient's dtype.",
         "",
         "    Args:",
         "      params: the parameters, or dicts of parameter groups.",

@@ -98,6 +98,8 @@ def run_export_rule_command(rule_path: Path, out: Path, name: str, fmt: str = "o
     lr = float(lr) if isinstance(lr, int | float) and not isinstance(lr, bool) else None
     try:
         if fmt == "torch":
+            if name in ("torch", "math"):
+                raise ValueError(f"--name {name} would shadow the module {name} it imports")
             camel = "".join(part[:1].upper() + part[1:] for part in name.split("_"))
             texts = {
                 f"{name}.py": export_torch(

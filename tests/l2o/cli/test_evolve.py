@@ -186,7 +186,8 @@ def test_export_rule_as_torch_writes_one_module_whose_optimizer_trains(tmp_path)
     "text, args, message",
     [("{not json", [], "not valid JSON"),
      ('{"format": "l2o-rule", "version": 1, "program": {"instructions": []}}', [], "lacks"),
-     (None, ["--name", "not-a-name"], "identifier"), (None, ["--name", "optax"], "optax")],
+     (None, ["--name", "not-a-name"], "identifier"), (None, ["--name", "optax"], "optax"),
+     (None, ["--name", "torch", "--format", "torch"], "shadow")],
 )  # fmt: skip
 def test_bad_rule_files_and_names_exit_2(tmp_path, capsys, text, args, message):
     rule = tmp_path / "rule.json"
