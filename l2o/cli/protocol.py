@@ -216,7 +216,7 @@ def run_protocol_command(
     targets = load_targets(targets_path, p)
     targets_command = read_json(targets_path).get("command", "?")
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not resume:
+    if out.is_dir() and any(out.iterdir()) and not resume:
         raise UserError(f"{out} is not empty: add --resume to continue the run in it, "
                         "or choose another --out")  # fmt: skip
     check_suite_runs(p.suite)
