@@ -7,6 +7,7 @@ the file, quickly (no config can make the loader build a huge network)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import struct
 from pathlib import Path
@@ -30,8 +31,10 @@ SMALL = {
 PARAMS = {"w": jnp.ones((3, 2)), "b": jnp.zeros(())}
 
 
+@functools.cache
 def valid_files() -> dict[str, bytes]:
-    """The bytes of one small valid file per architecture, theta perturbed off its init."""
+    """The bytes of one small valid file per architecture, theta perturbed off its init (made
+    once for the tests of this file)."""
     out = {}
     for name, config in SMALL.items():
         init_theta, _ = get_learned(name, **config)
