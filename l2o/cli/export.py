@@ -57,22 +57,31 @@ def run_export_command(run_dir: Path, out: Path | None) -> int:
     return 0
 
 
+TORCH_MODULE_IMPORTS = ("hashlib", "json", "math", "os", "struct", "torch")
+"""What `l2o/optimizers/torch_learned.py` imports: names its copy must not take."""
+
+
 def run_export_torch_command(path: Path, out: Path | None, name: str) -> int:
     """Write `out/NAME.py`, the PyTorch module of the learned optimizers (torch only), and
     `out/NAME.safetensors`, a copy of the checked optimizer file it reads."""
     from importlib import resources
 
-    from l2o.optimizers.file_format import OptimizerFileError, load_learned
+    from l2o.optimizers.file_format import OptimizerFileError, decode, load_learned
 
     if not name.isidentifier() or keyword.iskeyword(name):
         raise UserError(f"--name {name!r:.60} is not a Python identifier")
+    if name in TORCH_MODULE_IMPORTS:
+        raise UserError(f"--name {name} would shadow the module {name} that the module imports")
     if Path(path).is_dir():
         raise UserError(f"{path} is a directory: --format torch exports an optimizer file")
     try:
-        load_learned(path)  # every check of the file format, before anything is written
+        load_learned(path)  # every check of the file format (its size before it is read)
+        data = Path(path).read_bytes()
+        decode(data)  # the bytes copied are the bytes checked
     except OptimizerFileError as e:
         raise UserError(str(e)) from None
-    data = Path(path).read_bytes()
+    except ValueError as e:
+        raise UserError(f"invalid learned optimizer {path}: {' '.join(str(e).split())}") from None
     source = resources.files("l2o.optimizers").joinpath("torch_learned.py").read_bytes()
     out = check_writable_dir(out or Path(path).parent)
     written = [write_bytes_atomic(out / f"{name}.py", source)]

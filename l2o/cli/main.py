@@ -197,7 +197,8 @@ def cmd_meta_train(args) -> int:
 
 
 def cmd_export(args) -> int:
-    """Export the learned optimizer of a meta-training run directory."""
+    """Export the learned optimizer of a meta-training run directory, or a learned-optimizer
+    file as a PyTorch module."""
     from l2o.cli.export import run_export_command, run_export_torch_command
 
     out = Path(args.out) if args.out else None
@@ -219,7 +220,7 @@ def cmd_evolve(args) -> int:
 
 
 def cmd_export_rule(args) -> int:
-    """Write a rule file as a Python module, Markdown and LaTeX."""
+    """Write a rule file as an optax module, Markdown and LaTeX, or as a PyTorch module."""
     from l2o.cli.export import run_export_rule_command
 
     return run_export_rule_command(Path(args.rule), Path(args.out), args.name, args.format)

@@ -19,6 +19,7 @@ import numpy as np
 import optax
 import pytest
 
+from l2o.cli.export import TORCH_MODULE_IMPORTS
 from l2o.cli.main import main
 from l2o.optimizers import file_format, registry
 from l2o.optimizers.file_format import load_learned, save_learned
@@ -239,11 +240,13 @@ def test_export_command_writes_a_module_and_its_file(files, tmp_path):
 
 
 def test_module_needs_only_torch_and_the_standard_library():
+    """And `l2o export --format torch` refuses a --name that would shadow one of them."""
     tree = ast.parse(Path(tl.__file__).read_text())
     imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
                 for alias in node.names}  # fmt: skip
     imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert imported == {"__future__", "hashlib", "json", "math", "os", "struct", "torch"}
+    assert imported - {"__future__"} == set(TORCH_MODULE_IMPORTS)
 
 
 def test_float64_parameters_keep_float32_state_through_a_resume(files):
