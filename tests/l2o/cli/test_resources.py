@@ -138,9 +138,10 @@ print(estimate([call]).total / peak)
 """
 
 
+@pytest.mark.slow
 def test_estimate_is_within_a_factor_of_the_measured_peak():
     """A 9M-parameter MLP trained with Adam in a fresh process: the estimate is 0.5x to 4x the
-    peak resident memory the run added (compilation included)."""
+    peak resident memory the run added (compilation included; 1.1x when last measured)."""
     out = subprocess.run([sys.executable, "-c", MEASURE], capture_output=True, text=True,
                          check=True, cwd=REPO)  # fmt: skip
     ratio = float(out.stdout.split()[-1])
