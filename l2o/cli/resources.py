@@ -166,9 +166,10 @@ def check_memory(calls: Sequence[Call], limit: int | None, lower: str) -> Estima
 
 
 def add_memory_flag(parser: argparse.ArgumentParser) -> None:
-    """`--max-memory SIZE` on a command that trains."""
+    """`--max-memory SIZE` on a command that trains (default: `default_max_memory()`)."""
     parser.add_argument(
         "--max-memory", type=parse_memory_size, metavar="SIZE",
-        help="refuse a run whose estimated memory is above SIZE (e.g. 8G; default: half the "
-             f"physical memory, {format_bytes(default_max_memory())})",
+        default=f"{default_max_memory() // UNITS['M']}M",
+        help="refuse a run whose memory estimate is above SIZE (e.g. 8G; units K, M, G, T); "
+             "the default is half the physical memory",
     )  # fmt: skip

@@ -116,6 +116,19 @@ def test_default_limit_is_half_the_physical_memory():
     assert resources.default_max_memory() == resources.physical_memory() // 2 > 2**28
 
 
+def test_every_command_that_trains_takes_max_memory():
+    from l2o.cli.main import build_parser
+
+    (action,) = [a for a in build_parser()._actions if a.dest == "command"]
+    takes = {name for name, sub in action.choices.items()
+             if any(a.dest == "max_memory" for a in sub._actions)}  # fmt: skip
+    trains = {"train", "tune", "evaluate", "targets", "protocol", "meta-train", "evolve",
+              "quickstart"}  # fmt: skip
+    assert takes == trains
+    default = action.choices["train"].parse_args(["--task", "t", "--optimizer", "o"]).max_memory
+    assert abs(default - resources.default_max_memory()) < 2**20
+
+
 def test_estimate_adds_the_largest_call_and_every_kept_value():
     calls = [resources.Call(1000, 10, 50, 7), resources.Call(3000, 2, 100, 5)]
     device, host = resources.estimate(calls)
