@@ -15,11 +15,11 @@ from l2o.io import UserError, check_writable_dir, write_json_atomic, write_scala
 EXIT_DIVERGED = 3
 
 
-def tensorboard_scalars(metrics: dict, every: int = 1, num_steps: int = 0) -> dict:
-    """`tag -> (steps, values)` for the per-step loss (means of blocks of `every` steps, each at
-    its last step) and every evaluation metric."""
+def tensorboard_scalars(metrics: dict, every: int, num_steps: int) -> dict:
+    """`tag -> (steps, values)` for the per-step loss (means of blocks of `every` of the
+    `num_steps` steps, each at its last step) and every evaluation metric."""
     losses = metrics["train_loss"]
-    steps = block_steps(len(losses), every, num_steps or len(losses) * every).tolist()
+    steps = block_steps(len(losses), every, num_steps).tolist()
     scalars = {"train/loss": (steps, losses)}
     for name, values in metrics.items():
         if name not in ("train_loss", "eval_step"):

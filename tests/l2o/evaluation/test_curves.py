@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from baselines import get_optimizer
 from l2o.cli.main import main
@@ -77,3 +78,8 @@ def test_train_command_stores_at_most_the_cap(tmp_path, capsys):
     assert results["train_loss_every"] == 3 and len(losses) == -(-steps // 3) <= MAX_CURVE_POINTS
     assert np.isfinite(losses).all() and losses[-1] < losses[0]
     assert results["final"]["train_loss"] == pytest.approx(float(losses[-333:].mean()))
+    (event_file,) = out.glob("events.out.tfevents.*")
+    events = EventAccumulator(str(event_file))
+    events.Reload()
+    logged = [e.step for e in events.Scalars("train/loss")]  # each block at its last step
+    assert logged[:2] == [3, 6] and logged[-1] == steps and len(logged) == len(losses)
