@@ -212,6 +212,7 @@ SUITE_KEYS = {"tasks", "optimizers", "steps", "seeds", "lr_grid", "eval_every", 
               "reference_steps", "tune_on", "timing_steps"}  # fmt: skip
 MAX_LR_EXTENSIONS = 10
 MAX_TIMING_STEPS = 10_000
+MAX_SEEDS = MAX_LEARNING_RATES = 1000
 
 
 def parse_suite(data: Mapping[str, Any], where: str = "config") -> Suite:
@@ -267,6 +268,11 @@ def parse_suite(data: Mapping[str, Any], where: str = "config") -> Suite:
         raise UserError(f"{where}.lr_grid: low must be below high")
     if not 1e-30 <= suite.lr_low < suite.lr_high <= 1e30:  # learning rates are float32
         raise UserError(f"{where}.lr_grid: low and high must lie in [1e-30, 1e30]")
+    if suite.seeds > MAX_SEEDS:
+        raise UserError(f"{where}.seeds must lie in 1..{MAX_SEEDS}, got {suite.seeds}")
+    if suite.lr_num > MAX_LEARNING_RATES:
+        raise UserError(f"{where}.lr_grid.num must lie in 1..{MAX_LEARNING_RATES}, got "
+                        f"{suite.lr_num}")  # fmt: skip
     if not 0 <= suite.lr_extensions <= MAX_LR_EXTENSIONS:
         raise UserError(f"{where}.lr_grid.extensions must lie in 0..{MAX_LR_EXTENSIONS}")
     if not 0 <= suite.timing_steps <= MAX_TIMING_STEPS:

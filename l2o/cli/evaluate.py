@@ -37,27 +37,57 @@ def suite_from_flags(
     return parse_suite(data, str(config) if config else "flags")
 
 
-def check_suite_runs(suite) -> None:
+def check_suite_runs(suite) -> list[tuple[str, str, int, bool]]:
     """Build every task and trace one step of every optimizer on it (no compilation), so bad
-    task options or hyperparameters fail as a UserError before any work."""
+    task options or hyperparameters fail as a UserError before any work. Returns, per task and
+    optimizer, `(task key, optimizer key, bytes of one run, learning rate tuned)`."""
+    import numpy as np
+
     from l2o.cli.builders import build_task, check_step
+    from l2o.cli.resources import run_bytes
     from l2o.evaluation.harness import optimizer_factory
 
+    pairs = []
     for task_spec in suite.tasks:
         task = build_task(task_spec.name, dict(task_spec.options))
+        optimizers = []
         for spec in suite.optimizers:
             make, lr = optimizer_factory(spec)
             check_step(
                 task, lambda key, make=make, lr=lr: make(lr), f"{spec.key} on {task_spec.key}"
             )
+            optimizers.append((spec, make(lr), spec.tune_lr and bool(np.isfinite(lr))))
+        sizes = run_bytes(task, [optimizer for _, optimizer, _ in optimizers])
+        for (spec, _, tuned), size in zip(optimizers, sizes, strict=True):
+            pairs.append((task_spec.key, spec.key, size, tuned))
+    return pairs
 
 
-def run_evaluate_command(suite, out: Path) -> int:
+def evaluate_calls(suite, pairs: list[tuple[str, str, int, bool]]) -> list:
+    """The calls of `l2o evaluate` (`l2o.cli.resources`): per task and optimizer, the learning
+    rates x seeds trained at once; the best learning rate's curves are kept, with the evaluations
+    and the reference's longer curve."""
+    from l2o.cli.resources import Call, run_values
+
+    calls = []
+    for _, key, size, tuned in pairs:
+        horizon = max(suite.steps, suite.reference_steps) if key == suite.reference else suite.steps
+        values = run_values(horizon, suite.evaluation_interval)
+        kept = suite.seeds * (values + suite.steps * (horizon > suite.steps))
+        calls.append(Call(size, (suite.lr_num if tuned else 1) * suite.seeds, values, kept))
+    return calls
+
+
+def run_evaluate_command(suite, out: Path, *, max_memory: int | None = None) -> int:
     """Evaluate `suite`; write results.json, report.md, plots and TensorBoard events to `out`.
 
     With several processes (`l2o.cli.distributed`), every process computes and process 0 writes.
+    A suite whose memory estimate (`l2o.cli.resources`) is above `max_memory` is refused.
     """
-    check_suite_runs(suite)
+    from l2o.cli.resources import check_memory
+
+    calls = evaluate_calls(suite, check_suite_runs(suite))
+    check_memory(calls, max_memory, "steps, seeds, the number of learning rates or tasks")
     writer = is_writer()
     out = on_writer(lambda: check_writable_dir(out)) or out
     t0 = time.perf_counter()

@@ -19,6 +19,7 @@ from l2o.cli.config import load_yaml
 from l2o.cli.distributed import is_writer, on_writer
 from l2o.cli.evolve_config import EvolveRun, parse_evolve_run
 from l2o.cli.progress import progress_bar
+from l2o.cli.resources import Call, check_memory, run_bytes, run_values
 from l2o.io import (
     UserError,
     check_writable_dir,
@@ -180,10 +181,41 @@ def _rule_metadata(run: EvolveRun, data: dict, state: dict) -> tuple[Any, dict]:
     return program, metadata
 
 
+HISTORY_VALUES = 32
+"""Numbers of one generation's row of the history and timings kept on the host, at most."""
+PROGRAMS_AT_ONCE = 128
+"""Programs trained at once on a device (`search.interpreter.population_losses`' tile)."""
+
+
+def evolve_calls(run: EvolveRun) -> list[Call]:
+    """The calls of an evolution (`l2o.cli.resources`), per proxy and funnel task: a batch of
+    programs (encoded with the run's longest body and most state slots) x learning rates x seeds;
+    a history row per generation is kept on the host."""
+    from search.encoding import encode, encoded_length
+    from search.interpreter import encoded_transform
+
+    reference, mutation = run.config.reference, run.config.mutation
+    max_len = -(-max(mutation.max_instructions, encoded_length(reference), 4) // 4) * 4
+    num_state = max(mutation.max_state, reference.num_state)
+    optimizer = encoded_transform(encode(reference, max_len, num_state))
+    calls = [Call(0, 1, 0, run.generations * HISTORY_VALUES)]
+    for suite, size in ((run.proxy, run.config.batch_size), (run.funnel, run.config.funnel_top_k)):
+        runs = min(size, PROGRAMS_AT_ONCE) * len(suite.learning_rates) * len(suite.seeds)
+        calls += [Call(run_bytes(task, [optimizer])[0], runs, run_values(suite.num_steps, 0), 0)
+                  for task in suite.tasks]  # fmt: skip
+    return calls
+
+
 def run_evolve_command(
-    config_path: Path, out: Path, *, resume: bool, generations: int | None
+    config_path: Path,
+    out: Path,
+    *,
+    resume: bool,
+    generations: int | None,
+    max_memory: int | None = None,
 ) -> int:
-    """Evolve per `config_path` into `out`: checkpoints, events, evolution.json, best_rule.json."""
+    """Evolve per `config_path` into `out`: checkpoints, events, evolution.json, best_rule.json.
+    A run whose memory estimate (`l2o.cli.resources`) is above `max_memory` is refused."""
     import jax
 
     from search.evolution import make_evolution
@@ -193,6 +225,9 @@ def run_evolve_command(
     run = parse_evolve_run(data, str(config_path))
     if generations is not None:
         run = dataclasses.replace(run, generations=generations)
+    lower = ("batch_size, funnel.top_k, the proxy's or funnel's lr_grid.num, seeds or steps, "
+             "generations or the tasks' sizes")  # fmt: skip
+    check_memory(evolve_calls(run), max_memory, lower)
     writer = is_writer()  # with several processes, all evolve alike and process 0 writes
 
     def prepare() -> tuple[Path, list[Path]]:

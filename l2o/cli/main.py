@@ -15,6 +15,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import yaml  # noqa: E402
 
 from l2o.cli.distributed import add_distributed_flags, initialize  # noqa: E402
+from l2o.cli.resources import add_memory_flag  # noqa: E402
 from l2o.io import UserError  # noqa: E402
 
 
@@ -116,6 +117,7 @@ def cmd_train(args) -> int:
         out=Path(args.out or f"runs/{args.task}_{args.optimizer}_s{args.seed}"),
         grad=args.grad,
         grad_options=parse_assignments(args.grad_opt, "--grad-opt"),
+        max_memory=args.max_memory,
     )
 
 
@@ -123,7 +125,9 @@ def cmd_quickstart(args) -> int:
     """Compare a few baselines on offline tasks and write a short report."""
     from l2o.cli.quickstart import run_quickstart
 
-    return run_quickstart(Path(args.out), steps=args.steps, seeds=args.seeds)
+    return run_quickstart(
+        Path(args.out), steps=args.steps, seeds=args.seeds, max_memory=args.max_memory
+    )
 
 
 def cmd_tune(args) -> int:
@@ -143,6 +147,7 @@ def cmd_tune(args) -> int:
         resume=args.resume,
         task_options=parse_assignments(args.task_opt, "--task-opt"),
         reports=args.reports,
+        max_memory=args.max_memory,
     )
 
 
@@ -158,7 +163,7 @@ def cmd_evaluate(args) -> int:
         overrides.setdefault("lr_grid", {})["extensions"] = args.lr_extensions
     suite = suite_from_flags(args.config, args.tasks, args.optimizers, overrides)
     initialize(args)  # joins the other processes, if any: before any JAX computation
-    return run_evaluate_command(suite, Path(args.out))
+    return run_evaluate_command(suite, Path(args.out), max_memory=args.max_memory)
 
 
 def cmd_targets(args) -> int:
@@ -167,7 +172,9 @@ def cmd_targets(args) -> int:
 
     protocol = protocol_from_flags(args.config, None)
     out = Path(args.out or protocol.targets_file)
-    return run_targets_command(protocol, out, resume=args.resume, argv=args.argv)
+    return run_targets_command(
+        protocol, out, resume=args.resume, argv=args.argv, max_memory=args.max_memory
+    )
 
 
 def cmd_protocol(args) -> int:
@@ -177,8 +184,9 @@ def cmd_protocol(args) -> int:
     protocol = protocol_from_flags(args.config, args.optimizers)
     targets = Path(args.targets or protocol.targets_file)
     return run_protocol_command(
-        protocol, targets, Path(args.out), tracks=TRACK_CHOICES[args.track], resume=args.resume
-    )
+        protocol, targets, Path(args.out), tracks=TRACK_CHOICES[args.track], resume=args.resume,
+        max_memory=args.max_memory,
+    )  # fmt: skip
 
 
 def cmd_report(args) -> int:
@@ -193,7 +201,10 @@ def cmd_meta_train(args) -> int:
     from l2o.cli.meta_train import run_meta_train_command
 
     initialize(args)  # joins the other processes, if any: before any JAX computation
-    return run_meta_train_command(args.config, Path(args.out), resume=args.resume, steps=args.steps)
+    return run_meta_train_command(
+        args.config, Path(args.out), resume=args.resume, steps=args.steps,
+        max_memory=args.max_memory,
+    )  # fmt: skip
 
 
 def cmd_export(args) -> int:
@@ -215,8 +226,9 @@ def cmd_evolve(args) -> int:
     # tasks is one): each process then reports a bad config itself.
     initialize(args)
     return run_evolve_command(
-        args.config, Path(args.out), resume=args.resume, generations=args.generations
-    )
+        args.config, Path(args.out), resume=args.resume, generations=args.generations,
+        max_memory=args.max_memory,
+    )  # fmt: skip
 
 
 def cmd_export_rule(args) -> int:
@@ -253,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gradient estimator: backprop, forward or dfa")  # fmt: skip
     p.add_argument("--grad-opt", action="append", metavar="NAME=VALUE",
                    help="estimator option, e.g. num_tangents=4")  # fmt: skip
+    add_memory_flag(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("tune", help="tune an optimizer's hyperparameters on a task")
@@ -269,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output directory (default runs/tune_TASK_OPTIMIZER_METHOD)")
     p.add_argument("--resume", action="store_true", help="continue the TPE study in --out")
     p.add_argument("--task-opt", action="append", metavar="NAME=VALUE", help="task option")
+    add_memory_flag(p)
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("evaluate", help="tuned optimizers x tasks x seeds, compared in a report")
@@ -289,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="times the LR grid grows past an edge holding the best LR (2)")  # fmt: skip
     p.add_argument("--out", default="runs/evaluate", help="output directory")
     add_distributed_flags(p)
+    add_memory_flag(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("targets", help="set a protocol suite's validation-loss targets")
@@ -296,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="YAML protocol suite (e.g. configs/protocol_cpu.yaml)")  # fmt: skip
     p.add_argument("--out", help="targets file to write (default: the config's targets.file)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    add_memory_flag(p)
     p.set_defaults(func=cmd_targets)
 
     p = sub.add_parser("protocol", help="time to target in the external- and self-tuning tracks")
@@ -307,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--targets", help="targets file (default: the config's targets.file)")
     p.add_argument("--out", default="runs/protocol", help="output directory")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    add_memory_flag(p)
     p.set_defaults(func=cmd_protocol)
 
     p = sub.add_parser("report", help="re-render a report (evaluate, protocol) from results.json")
@@ -319,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
     p.add_argument("--steps", type=_positive_int, help="outer steps (override the config)")
     add_distributed_flags(p)
+    add_memory_flag(p)
     p.set_defaults(func=cmd_meta_train)
 
     p = sub.add_parser("export", help="write a meta-training run's learned optimizer file")
@@ -345,6 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
     p.add_argument("--generations", type=_positive_int, help="generations (override the config)")
     add_distributed_flags(p)
+    add_memory_flag(p)
     p.set_defaults(func=cmd_evolve)
 
     p = sub.add_parser(
@@ -366,6 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/quickstart", help="output directory")
     p.add_argument("--steps", type=_positive_int, default=1000, help="training steps per run")
     p.add_argument("--seeds", type=_positive_int, default=3, help="seeds per configuration")
+    add_memory_flag(p)
     p.set_defaults(func=cmd_quickstart)
     for action in sub._choices_actions:  # each subcommand's help line is its description
         sub.choices[action.dest].description = action.help

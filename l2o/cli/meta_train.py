@@ -17,6 +17,7 @@ from l2o.cli.builders import build_task, check_resumable, check_step, path_exist
 from l2o.cli.config import MetaRun, load_yaml, parse_meta_run
 from l2o.cli.distributed import broadcast_from_writer, is_writer, on_writer
 from l2o.cli.progress import progress_bar
+from l2o.cli.resources import Call, check_memory, run_bytes, run_values
 from l2o.io import (
     UserError,
     check_writable_dir,
@@ -32,11 +33,14 @@ from tasks import train
 from tasks.sharding import device_mesh, put_replicated, shard_population
 
 HELDOUT_SEED = 10_000
+HELDOUT_SEEDS = 2
 RUN_FILES = re.compile(r"events\.out\.tfevents\..*|meta_metrics\.json")
 """What a run killed before its first checkpoint may leave (besides temp files)."""
 
 
-def make_heldout_evaluation(tasks, transform, horizon: int, seeds: int = 2, *, mesh=None):
+def make_heldout_evaluation(
+    tasks, transform, horizon: int, seeds: int = HELDOUT_SEEDS, *, mesh=None
+):
     """`evaluate(theta) -> {name: value}`: final train/test loss of whole inner runs on held-out
     seeds, per meta-training task (each task's run compiled once, theta an argument; the seeds
     split over the devices of `mesh`, by default every device)."""
@@ -90,8 +94,39 @@ def _history_until(path: Path, step: int) -> list[dict]:
     return []
 
 
-def run_meta_train_command(config_path: Path, out: Path, *, resume: bool, steps: int | None) -> int:
-    """Meta-train per `config_path` into `out` (checkpoints, events, metrics, optimizer file)."""
+HISTORY_VALUES = 16
+"""Numbers of one outer step's row of `meta_metrics.json`, at most (held-out metrics included)."""
+
+
+def meta_calls(run: MetaRun, tasks: dict, optimizer) -> list[Call]:
+    """The calls of a meta-training run (`l2o.cli.resources`), per task: the inner runs of one
+    outer step (`num_tasks` x antithetic particles or ES members; TBPTT keeps every step of a
+    truncation for its backward pass) and the held-out runs; the rows of every outer step are
+    kept on the host."""
+    from l2o.meta.estimators import POPULATION_STRATEGIES
+
+    estimator, objective = run.estimator, run.objective
+    if estimator.name in POPULATION_STRATEGIES:
+        members = estimator.population_size
+    else:
+        members = 1 if estimator.name == "tbptt" else 2 * estimator.num_pairs
+    unrolled = objective.truncation if estimator.name == "tbptt" else 1
+    kept = run.outer.steps * HISTORY_VALUES
+    calls = []
+    for task in tasks.values():
+        (size,) = run_bytes(task, [optimizer])
+        calls.append(Call(size * unrolled, estimator.num_tasks * members, objective.truncation,
+                          kept // len(tasks)))  # fmt: skip
+        calls.append(Call(size, HELDOUT_SEEDS, run_values(objective.horizon, objective.horizon),
+                          0))  # fmt: skip
+    return calls
+
+
+def run_meta_train_command(
+    config_path: Path, out: Path, *, resume: bool, steps: int | None, max_memory: int | None = None
+) -> int:
+    """Meta-train per `config_path` into `out` (checkpoints, events, metrics, optimizer file); a
+    run whose memory estimate (`l2o.cli.resources`) is above `max_memory` is refused."""
     from l2o.optimizers.file_format import save_learned
     from l2o.optimizers.registry import get_learned
 
@@ -106,6 +141,9 @@ def run_meta_train_command(config_path: Path, out: Path, *, resume: bool, steps:
         raise UserError(f"{config_path}: optimizer: {' '.join(str(e).split())}") from None
     for name, task in tasks.items():  # a task option the learned optimizer cannot run on
         check_step(task, lambda key: transform(init_theta(key)), f"{run.optimizer} on {name}")
+    calls = meta_calls(run, tasks, transform(init_theta(jax.random.key(run.outer.seed))))
+    check_memory(calls, max_memory, "estimator.num_tasks, num_pairs or population_size, "
+                 "objective.horizon, outer.steps or the tasks' sizes")  # fmt: skip
     # With several processes (l2o.cli.distributed), all compute and only process 0 writes.
     writer = is_writer()
 

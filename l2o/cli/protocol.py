@@ -20,6 +20,7 @@ import numpy as np
 from l2o.cli.builders import build_task, versions
 from l2o.cli.config import _mapping, check_keys, load_yaml, number, parse_suite
 from l2o.cli.progress import progress_bar
+from l2o.cli.resources import Call, check_memory, run_bytes, run_values
 from l2o.evaluation import protocol
 from l2o.evaluation.harness import Suite, seconds_per_step
 from l2o.evaluation.protocol_report import TRACKS, aggregate
@@ -146,17 +147,45 @@ def _config_record(p: Protocol) -> dict[str, Any]:
     }
 
 
-def run_targets_command(p: Protocol, out: Path, *, resume: bool, argv: list[str]) -> int:
+def targets_calls(p: Protocol, tasks) -> list[Call]:
+    """The calls of `l2o targets` (`l2o.cli.resources`): per task and setter, its quasi-random
+    trials (or its reruns on the seeds) trained at once."""
+    population = max(p.target_trials, p.suite.seeds)
+    values = run_values(p.target_steps, p.suite.eval_every)
+    setters = [protocol.trial_optimizer(name, p.target_steps)(protocol.default_trial(name))
+               for name in p.setters]  # fmt: skip
+    return [
+        Call(size, population, values, 0) for task in tasks for size in run_bytes(task, setters)
+    ]
+
+
+def protocol_calls(p: Protocol, tracks: tuple[str, ...], pairs) -> list[Call]:
+    """The calls of `l2o protocol` (`l2o.cli.resources`) from `check_suite_runs` pairs: per task
+    and optimizer, the trials of every external-tuning study, or the self-tuning seeds, trained
+    at once; their validation curves are kept."""
+    trials = max(p.trials * p.studies * ("external" in tracks), p.suite.seeds * ("self" in tracks))
+    values = run_values(p.suite.steps, p.suite.eval_every)
+    evaluations = values - p.suite.steps
+    return [Call(size, trials, values, trials * evaluations) for _, _, size, _ in pairs]
+
+
+def run_targets_command(
+    p: Protocol, out: Path, *, resume: bool, argv: list[str], max_memory: int | None = None
+) -> int:
     """Set the target of every task of `p` (`protocol.setter_score` per setter, each trial
     `p.target_steps` long, so that the setters' settings reach it within a budget of
     `p.suite.steps`) and write them,
     with the command and configuration, to `out`; `out` + `.journal.json` holds finished units
-    until the end."""
+    until the end. A run whose memory estimate (`l2o.cli.resources`) is above `max_memory` is
+    refused."""
     journal_path = out.with_name(out.name + ".journal.json")
     if out.exists():
         raise UserError(f"{out} exists; delete it or choose another --out")
     if journal_path.exists() and not resume:
         raise UserError(f"{journal_path} holds an unfinished run: add --resume, or delete it")
+    tasks = {spec.key: build_task(spec.name, dict(spec.options)) for spec in p.suite.tasks}
+    lower = "targets.trials, seeds, targets.steps or the tasks' sizes"
+    check_memory(targets_calls(p, tasks.values()), max_memory, lower)
     check_writable_dir(out.parent)
     config = _config_record(p)
     journal = Journal(journal_path, config, resume)
@@ -166,7 +195,7 @@ def run_targets_command(p: Protocol, out: Path, *, resume: bool, argv: list[str]
     with progress_bar() as bar:
         job = bar.add_task("targets", total=len(p.suite.tasks) * len(p.setters))
         for spec in p.suite.tasks:
-            task = build_task(spec.name, dict(spec.options))
+            task = tasks[spec.key]
             by_setter = {}
             for name in p.setters:
                 bar.update(job, description=f"targets ({spec.key} / {name})")
@@ -207,10 +236,17 @@ def load_targets(path: Path, p: Protocol) -> dict[str, dict[str, Any]]:
 
 
 def run_protocol_command(
-    p: Protocol, targets_path: Path, out: Path, *, tracks: tuple[str, ...], resume: bool
+    p: Protocol,
+    targets_path: Path,
+    out: Path,
+    *,
+    tracks: tuple[str, ...],
+    resume: bool,
+    max_memory: int | None = None,
 ) -> int:
     """Both tracks (or one) for every optimizer x task of `p`; results.json, report.md, the
-    validation-curve figure and TensorBoard events in `out` (journal: `out/journal.json`)."""
+    validation-curve figure and TensorBoard events in `out` (journal: `out/journal.json`). A run
+    whose memory estimate (`l2o.cli.resources`) is above `max_memory` is refused."""
     from l2o.cli.evaluate import check_suite_runs, write_protocol_report
 
     targets = load_targets(targets_path, p)
@@ -219,7 +255,8 @@ def run_protocol_command(
     if out.is_dir() and any(out.iterdir()) and not resume:
         raise UserError(f"{out} is not empty: add --resume to continue the run in it, "
                         "or choose another --out")  # fmt: skip
-    check_suite_runs(p.suite)
+    calls = protocol_calls(p, tracks, check_suite_runs(p.suite))
+    check_memory(calls, max_memory, "tuning.trials, tuning.studies, seeds or steps")
     out = check_writable_dir(out)
     config = {
         **_config_record(p),

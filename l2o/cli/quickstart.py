@@ -11,6 +11,7 @@ import numpy as np
 
 from l2o.cli.builders import versions
 from l2o.cli.progress import progress_bar
+from l2o.cli.resources import Call, check_memory, run_bytes, run_values
 from l2o.evaluation.harness import OptimizerSpec, optimizer_factory
 from l2o.evaluation.plots import loss_curves
 from l2o.io import check_writable_dir, write_bytes_atomic, write_json_atomic
@@ -98,15 +99,33 @@ def render_report(results: dict) -> str:
     return "\n".join(lines)
 
 
-def run_quickstart(out: Path, *, steps: int = 1000, seeds: int = 3) -> int:
-    """Run the quickstart comparison and write `results.json`, `report.md`, `loss_curves.png`."""
-    out = check_writable_dir(out)
-    t0 = time.perf_counter()
+def quickstart_calls(contenders, steps: int, seeds: int, eval_every: int) -> list[Call]:
+    """The calls of the quickstart (`l2o.cli.resources`): per task and contender, its learning
+    rates x seeds; the best learning rate's training curves are kept."""
+    calls = []
+    for task_name in TASKS:
+        task = get_task(task_name)
+        sizes = run_bytes(task, [make(np.float32(lrs[0])) for _, make, lrs in contenders])
+        for (_, _, lrs), size in zip(contenders, sizes, strict=True):
+            values = run_values(steps, eval_every)
+            calls.append(Call(size, len(lrs) * seeds, values, seeds * values))
+    return calls
+
+
+def run_quickstart(
+    out: Path, *, steps: int = 1000, seeds: int = 3, max_memory: int | None = None
+) -> int:
+    """Run the quickstart comparison and write `results.json`, `report.md`, `loss_curves.png`;
+    refused if its memory estimate (`l2o.cli.resources`) is above `max_memory`."""
     seed_ids = np.arange(seeds)
     eval_every = max(1, steps // 10)
+    contenders = _contenders(steps)
+    calls = quickstart_calls(contenders, steps, seeds, eval_every)
+    check_memory(calls, max_memory, "--steps or --seeds")
+    out = check_writable_dir(out)
+    t0 = time.perf_counter()
     runs: dict[str, dict] = {}
     curves: dict[str, dict] = {}
-    contenders = _contenders(steps)
     with progress_bar() as bar:
         job = bar.add_task("quickstart", total=len(TASKS) * len(contenders))
         for task_name in TASKS:

@@ -7,16 +7,20 @@ from pathlib import Path
 
 from l2o.cli.builders import build_estimator, build_optimizer, build_task, check_step, versions
 from l2o.cli.progress import progress_bar
+from l2o.cli.resources import Call, check_memory, run_bytes, run_values
 from l2o.evaluation.chunked_run import default_eval_every, summarize, train_in_chunks
+from l2o.evaluation.curves import MAX_CURVE_POINTS, block_size, block_steps
 from l2o.io import UserError, check_writable_dir, write_json_atomic, write_scalars
 
 EXIT_DIVERGED = 3
 
 
-def tensorboard_scalars(metrics: dict) -> dict:
-    """`tag -> (steps, values)` for the per-step loss and every evaluation metric."""
-    steps = list(range(1, len(metrics["train_loss"]) + 1))
-    scalars = {"train/loss": (steps, metrics["train_loss"])}
+def tensorboard_scalars(metrics: dict, every: int, num_steps: int) -> dict:
+    """`tag -> (steps, values)` for the per-step loss (means of blocks of `every` of the
+    `num_steps` steps, each at its last step) and every evaluation metric."""
+    losses = metrics["train_loss"]
+    steps = block_steps(len(losses), every, num_steps).tolist()
+    scalars = {"train/loss": (steps, losses)}
     for name, values in metrics.items():
         if name not in ("train_loss", "eval_step"):
             split, _, metric = name.partition("_")
@@ -37,8 +41,11 @@ def run_train_command(
     out: Path,
     grad: str = "backprop",
     grad_options: dict | None = None,
+    max_memory: int | None = None,
 ) -> int:
-    """Validate everything, train, then write `out/results.json` and events; the exit code."""
+    """Validate everything, train, then write `out/results.json` and events; the exit code.
+
+    A run whose memory estimate (`l2o.cli.resources`) is above `max_memory` is refused."""
     if learning_rate is not None:
         hparams = {**hparams, "learning_rate": learning_rate}
     from l2o.cli.config import check_hparams
@@ -51,6 +58,12 @@ def run_train_command(
     optimizer = build_optimizer(optimizer_name, hparams)
     grad_fn = build_estimator(grad, task, grad_options or {})
     check_step(task, lambda key: optimizer, f"{optimizer_name} on {task_name}", grad_fn)
+    evaluations = run_values(steps, eval_every) - steps
+    kept = min(steps, MAX_CURVE_POINTS) + evaluations
+    run = Call(
+        run_bytes(task, [optimizer], grad_fn)[0], 1, run_values(eval_every, eval_every), kept
+    )
+    check_memory([run], max_memory, "--steps (with --eval-every) or the task's size")
     from baselines import optimizer_hparams
 
     hparams = {**optimizer_hparams(optimizer_name), **hparams}
@@ -65,7 +78,8 @@ def run_train_command(
             on_chunk=lambda done: bar.update(job, completed=done),
         )  # fmt: skip
 
-    final = summarize(metrics)
+    every = block_size(steps)
+    final = summarize(metrics, every)
     diverged = final["diverged_at_step"]
     results = {
         "command": "train",
@@ -83,12 +97,13 @@ def run_train_command(
         },
         "final": final,
         "metrics": metrics,
+        "train_loss_every": every,  # train_loss[i]: the mean loss of steps i*every+1..(i+1)*every
         "timing": timings,
         "versions": versions(),
         "argv": sys.argv,
     }
     write_json_atomic(out / "results.json", results)
-    write_scalars(out, tensorboard_scalars(metrics))
+    write_scalars(out, tensorboard_scalars(metrics, every, steps))
     if diverged is not None:
         print(
             f"l2o: error: training diverged: the train loss became non-finite at step {diverged} "

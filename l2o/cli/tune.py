@@ -16,6 +16,7 @@ import numpy as np
 from l2o.cli.builders import build_optimizer, build_task, check_step, versions
 from l2o.cli.config import check_hparams, load_yaml
 from l2o.cli.progress import progress_bar
+from l2o.cli.resources import Call, check_memory, run_bytes, run_values
 from l2o.cli.train import EXIT_DIVERGED
 from l2o.io import UserError, check_writable_dir, remove_stale_temp_files, write_json_atomic
 
@@ -76,12 +77,14 @@ def run_tune_command(
     resume: bool = False,
     task_options: dict | None = None,
     reports: int = 9,
+    max_memory: int | None = None,
 ) -> int:
     """Validate everything, tune, print the best hyperparameters, write `out/study.json`.
 
     Training seeds are `seed, seed + 1, ...` (`seeds` of them); the tuner's own randomness is
     `key(seed)`. TPE keeps its study in `out/study.journal`: re-run with `resume=True` to
-    continue it up to `trials` complete or pruned trials. Returns the exit code.
+    continue it up to `trials` complete or pruned trials. A run whose memory estimate
+    (`l2o.cli.resources`) is above `max_memory` is refused. Returns the exit code.
     """
     from baselines import get_optimizer, optimizer_hparams
     from search import spaces
@@ -110,6 +113,10 @@ def run_tune_command(
     check_step(task, lambda key: centre_optimizer, f"{optimizer_name} on {task_name}")
     if seed + seeds > 2**31:
         raise UserError(f"--seed {seed} plus --seeds {seeds} must stay below 2**31")
+    population = seeds * _trials_at_once(method, space, trials)
+    kept = trials * (len(space.dims) + 4)  # each trial's record: number, params, value, state
+    run = Call(run_bytes(task, [centre_optimizer])[0], population, run_values(steps, steps), kept)
+    check_memory([run], max_memory, "--trials, --seeds or --steps")
     out = check_writable_dir(out)
     if resume:
         remove_stale_temp_files(out)  # left by a killed run
@@ -175,6 +182,20 @@ def run_tune_command(
         f"{result.best_value:.4g} with {best} -> {out / 'study.json'}"
     )
     return 0
+
+
+def _trials_at_once(method: str, space, trials: int) -> int:
+    """Trials `method` trains in one call: TPE one at a time, CMA-ES a generation, grid and
+    random search all."""
+    from search import spaces, tuners
+
+    if method == "tpe":
+        return 1
+    if method == "cmaes":
+        return tuners.default_population_size(len(space.dims))
+    if method == "grid":
+        return len(spaces.grid(space, grid_points(trials, space))[space.dims[0].name])
+    return trials
 
 
 def _plan(method, space, config, journal, trials, reports, task_options, study_task):

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from l2o.evaluation.curves import MAX_CURVE_POINTS, block_means, block_size, fold_blocks
 from tasks import Task, backprop, init_state, unroll
 from tasks.train import GradFn, evaluate_state
 
@@ -37,10 +38,13 @@ def train_in_chunks(
     eval_every: int,
     grad_fn: GradFn = backprop,
     on_chunk: Callable[[int], None] = lambda steps_done: None,
+    max_points: int = MAX_CURVE_POINTS,
 ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """Train `num_steps` from `jax.random.key(seed)`, evaluating every `eval_every` steps.
 
     Returns host metrics (as `tasks.train` with the same `eval_every`) and timings in seconds.
+    The training losses are kept as means of blocks of `block_size(num_steps, max_points)` steps
+    (`l2o.evaluation.curves`): as they are up to `max_points` steps.
     """
     init_key, run_key = jax.random.split(jax.random.key(seed))
     t0 = time.perf_counter()
@@ -64,16 +68,20 @@ def train_in_chunks(
     compiled = {n: jax.jit(chunk_fn(n)).lower(task, state, run_key).compile() for n in set(sizes)}
     compile_time = time.perf_counter() - t0
 
-    pieces = []
+    every = block_size(num_steps, max_points)
+    pieces, losses, pending = [], [], np.zeros(0, np.float32)
     done = 0
     for n in sizes:
         state, metrics = compiled[n](task, state, run_key)
-        pieces.append(jax.device_get(metrics))
+        metrics = jax.device_get(metrics)
+        means, pending = fold_blocks(pending, metrics.pop("train_loss"), every)
+        losses.append(means)
+        pieces.append(metrics)
         done += n
         on_chunk(done)
     jax.block_until_ready(state)
     total = time.perf_counter() - t0
-    metrics = {"train_loss": np.concatenate([p["train_loss"] for p in pieces])}
+    metrics = {"train_loss": np.concatenate([*losses, block_means(pending, every)])}
     for name, value in jax.device_get(first_eval).items():
         metrics[name] = np.concatenate([np.asarray(value)[None]] + [p[name] for p in pieces])
     timings = {
@@ -84,8 +92,13 @@ def train_in_chunks(
     return metrics, timings
 
 
-def summarize(metrics: dict[str, np.ndarray]) -> dict[str, float | int | None]:
-    """Final and best values of a run's metrics (final = last evaluation / last steps' mean)."""
+def summarize(metrics: dict[str, np.ndarray], every: int = 1) -> dict[str, float | int | None]:
+    """Final and best values of a run's metrics (final = last evaluation / last steps' mean).
+
+    With training losses kept as means of blocks of `every` steps, the final training loss is
+    the mean of the last 5% of the blocks, and `diverged_at_step` the first step (0-based) of the
+    first block holding a non-finite loss.
+    """
     losses = metrics["train_loss"]
     tail = losses[-max(1, len(losses) // 20) :]
     out: dict[str, float | int | None] = {"train_loss": float(jnp.mean(tail))}
@@ -97,5 +110,6 @@ def summarize(metrics: dict[str, np.ndarray]) -> dict[str, float | int | None]:
             out[f"best_{name}"] = float(np.nanmin(values)) if np.isfinite(values).any() else None
         elif name.endswith("_accuracy"):
             out[f"best_{name}"] = float(np.nanmax(values)) if np.isfinite(values).any() else None
-    out["diverged_at_step"] = first_nonfinite(losses)
+    diverged = first_nonfinite(losses)
+    out["diverged_at_step"] = None if diverged is None else diverged * every
     return out
