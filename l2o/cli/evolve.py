@@ -19,10 +19,9 @@ from l2o.cli.config import load_yaml
 from l2o.cli.distributed import is_writer, on_writer
 from l2o.cli.evolve_config import EvolveRun, parse_evolve_run
 from l2o.cli.progress import progress_bar
+from l2o.cli.run_folder import claim
 from l2o.io import (
     UserError,
-    check_writable_dir,
-    remove_stale_temp_files,
     to_jsonable,
     write_bytes_atomic,
     write_json_atomic,
@@ -181,7 +180,7 @@ def _rule_metadata(run: EvolveRun, data: dict, state: dict) -> tuple[Any, dict]:
 
 
 def run_evolve_command(
-    config_path: Path, out: Path, *, resume: bool, generations: int | None
+    config_path: Path, out: Path, *, resume: bool, generations: int | None, overwrite: bool = False
 ) -> int:
     """Evolve per `config_path` into `out`: checkpoints, events, evolution.json, best_rule.json."""
     import jax
@@ -198,14 +197,10 @@ def run_evolve_command(
     def prepare() -> tuple[Path, list[Path]]:
         if resume and not path_exists(out):  # checked before the folder is made
             raise UserError(f"nothing to resume: {out} does not exist")
-        checked = check_writable_dir(out)
+        checked = claim(out, resume=resume, overwrite=overwrite)
         found = list_checkpoints(checked)
-        if found and not resume:
-            raise UserError(f"{out} already holds checkpoints; pass --resume or choose a new --out")
-        if resume:
-            remove_stale_temp_files(checked)  # left by a killed run
-            if not found:
-                check_resumable(checked, RUN_FILES, "evolution", "generation 0")
+        if resume and not found:
+            check_resumable(checked, RUN_FILES, "evolution", "generation 0")
         return checked, found
 
     out, existing = on_writer(prepare) or (out, [])

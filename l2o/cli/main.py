@@ -15,6 +15,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import yaml  # noqa: E402
 
 from l2o.cli.distributed import add_distributed_flags, initialize  # noqa: E402
+from l2o.cli.run_folder import release_locks  # noqa: E402
 from l2o.io import UserError  # noqa: E402
 
 
@@ -114,6 +115,7 @@ def cmd_train(args) -> int:
         seed=args.seed,
         eval_every=args.eval_every,
         out=Path(args.out or f"runs/{args.task}_{args.optimizer}_s{args.seed}"),
+        overwrite=args.overwrite,
         grad=args.grad,
         grad_options=parse_assignments(args.grad_opt, "--grad-opt"),
     )
@@ -123,7 +125,10 @@ def cmd_quickstart(args) -> int:
     """Compare a few baselines on offline tasks and write a short report."""
     from l2o.cli.quickstart import run_quickstart
 
-    return run_quickstart(Path(args.out), steps=args.steps, seeds=args.seeds)
+    return run_quickstart(
+        Path(args.out), steps=args.steps, seeds=args.seeds, resume=args.resume,
+        overwrite=args.overwrite,
+    )  # fmt: skip
 
 
 def cmd_tune(args) -> int:
@@ -141,6 +146,7 @@ def cmd_tune(args) -> int:
         seed=args.seed,
         out=Path(args.out or f"runs/tune_{args.task}_{args.optimizer}_{args.method}"),
         resume=args.resume,
+        overwrite=args.overwrite,
         task_options=parse_assignments(args.task_opt, "--task-opt"),
         reports=args.reports,
     )
@@ -158,7 +164,8 @@ def cmd_evaluate(args) -> int:
         overrides.setdefault("lr_grid", {})["extensions"] = args.lr_extensions
     suite = suite_from_flags(args.config, args.tasks, args.optimizers, overrides)
     initialize(args)  # joins the other processes, if any: before any JAX computation
-    return run_evaluate_command(suite, Path(args.out))
+    out = Path(args.out or f"runs/evaluate_{args.config.stem if args.config else 'flags'}")
+    return run_evaluate_command(suite, out, resume=args.resume, overwrite=args.overwrite)
 
 
 def cmd_targets(args) -> int:
@@ -167,7 +174,9 @@ def cmd_targets(args) -> int:
 
     protocol = protocol_from_flags(args.config, None)
     out = Path(args.out or protocol.targets_file)
-    return run_targets_command(protocol, out, resume=args.resume, argv=args.argv)
+    return run_targets_command(
+        protocol, out, resume=args.resume, overwrite=args.overwrite, argv=args.argv
+    )
 
 
 def cmd_protocol(args) -> int:
@@ -177,8 +186,9 @@ def cmd_protocol(args) -> int:
     protocol = protocol_from_flags(args.config, args.optimizers)
     targets = Path(args.targets or protocol.targets_file)
     return run_protocol_command(
-        protocol, targets, Path(args.out), tracks=TRACK_CHOICES[args.track], resume=args.resume
-    )
+        protocol, targets, Path(args.out), tracks=TRACK_CHOICES[args.track], resume=args.resume,
+        overwrite=args.overwrite,
+    )  # fmt: skip
 
 
 def cmd_report(args) -> int:
@@ -193,7 +203,9 @@ def cmd_meta_train(args) -> int:
     from l2o.cli.meta_train import run_meta_train_command
 
     initialize(args)  # joins the other processes, if any: before any JAX computation
-    return run_meta_train_command(args.config, Path(args.out), resume=args.resume, steps=args.steps)
+    return run_meta_train_command(
+        args.config, Path(args.out), resume=args.resume, overwrite=args.overwrite, steps=args.steps
+    )
 
 
 def cmd_export(args) -> int:
@@ -211,8 +223,9 @@ def cmd_evolve(args) -> int:
     # tasks is one): each process then reports a bad config itself.
     initialize(args)
     return run_evolve_command(
-        args.config, Path(args.out), resume=args.resume, generations=args.generations
-    )
+        args.config, Path(args.out), resume=args.resume, overwrite=args.overwrite,
+        generations=args.generations,
+    )  # fmt: skip
 
 
 def cmd_export_rule(args) -> int:
@@ -220,6 +233,14 @@ def cmd_export_rule(args) -> int:
     from l2o.cli.export import run_export_rule_command
 
     return run_export_rule_command(Path(args.rule), Path(args.out), args.name)
+
+
+def _add_overwrite_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--overwrite", action="store_true",
+        help="replace the run in a non-empty --out (its files are deleted first); without it, "
+        "or --resume where offered, a non-empty --out is refused",
+    )  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -242,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_positive_int, default=1000, help="training steps")
     p.add_argument("--seed", type=_nonnegative_int, default=0, help="random seed")
     p.add_argument("--out", help="output directory (default runs/TASK_OPTIMIZER_sSEED)")
+    _add_overwrite_flag(p)
     p.add_argument("--eval-every", type=_positive_int, help="steps between evaluations")
     p.add_argument("--task-opt", action="append", metavar="NAME=VALUE", help="task option")
     p.add_argument("--hparam", action="append", metavar="NAME=VALUE", help="optimizer option")
@@ -264,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="TPE: validation reports per trial (Hyperband's resource)")  # fmt: skip
     p.add_argument("--out", help="output directory (default runs/tune_TASK_OPTIMIZER_METHOD)")
     p.add_argument("--resume", action="store_true", help="continue the TPE study in --out")
+    _add_overwrite_flag(p)
     p.add_argument("--task-opt", action="append", metavar="NAME=VALUE", help="task option")
     p.set_defaults(func=cmd_tune)
 
@@ -283,7 +306,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr-high", type=_positive_float, default=1.0, help="largest grid LR")
     p.add_argument("--lr-extensions", type=int, choices=range(11), metavar="0..10",
                    help="times the LR grid grows past an edge holding the best LR (2)")  # fmt: skip
-    p.add_argument("--out", default="runs/evaluate", help="output directory")
+    p.add_argument("--out", help="output directory (default runs/evaluate_CONFIG, CONFIG the "
+                   "config file's stem; without --config runs/evaluate_flags)")  # fmt: skip
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run in --out (keeps finished pairs)")  # fmt: skip
+    _add_overwrite_flag(p)
     add_distributed_flags(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -292,6 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="YAML protocol suite (e.g. configs/protocol_cpu.yaml)")  # fmt: skip
     p.add_argument("--out", help="targets file to write (default: the config's targets.file)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing targets file (and its unfinished run)")  # fmt: skip
     p.set_defaults(func=cmd_targets)
 
     p = sub.add_parser("protocol", help="time to target in the external- and self-tuning tracks")
@@ -303,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--targets", help="targets file (default: the config's targets.file)")
     p.add_argument("--out", default="runs/protocol", help="output directory")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    _add_overwrite_flag(p)
     p.set_defaults(func=cmd_protocol)
 
     p = sub.add_parser("report", help="re-render a report (evaluate, protocol) from results.json")
@@ -313,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, required=True, help="YAML run (configs/meta_*.yaml)")
     p.add_argument("--out", default="runs/meta", help="output directory")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    _add_overwrite_flag(p)
     p.add_argument("--steps", type=_positive_int, help="outer steps (override the config)")
     add_distributed_flags(p)
     p.set_defaults(func=cmd_meta_train)
@@ -326,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, required=True, help="YAML run (configs/evolve_*.yaml)")
     p.add_argument("--out", default="runs/evolve", help="output directory")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    _add_overwrite_flag(p)
     p.add_argument("--generations", type=_positive_int, help="generations (override the config)")
     add_distributed_flags(p)
     p.set_defaults(func=cmd_evolve)
@@ -340,6 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/quickstart", help="output directory")
     p.add_argument("--steps", type=_positive_int, default=1000, help="training steps per run")
     p.add_argument("--seeds", type=_positive_int, default=3, help="seeds per configuration")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run in --out (keeps finished pairs)")  # fmt: skip
+    _add_overwrite_flag(p)
     p.set_defaults(func=cmd_quickstart)
     for action in sub._choices_actions:  # each subcommand's help line is its description
         sub.choices[action.dest].description = action.help
@@ -364,3 +399,5 @@ def main(argv: list[str] | None = None) -> int:
         where = f": {e.filename}" if e.filename else ""
         print(f"l2o: error: {e.strerror or e}{where}", file=sys.stderr)
         return 1
+    finally:
+        release_locks()

@@ -17,14 +17,8 @@ from l2o.cli.builders import build_task, check_resumable, check_step, path_exist
 from l2o.cli.config import MetaRun, load_yaml, parse_meta_run
 from l2o.cli.distributed import broadcast_from_writer, is_writer, on_writer
 from l2o.cli.progress import progress_bar
-from l2o.io import (
-    UserError,
-    check_writable_dir,
-    read_json,
-    remove_stale_temp_files,
-    write_json_atomic,
-    write_scalars,
-)
+from l2o.cli.run_folder import claim
+from l2o.io import UserError, read_json, write_json_atomic, write_scalars
 from l2o.meta import checkpoint
 from l2o.meta.trainer import make_meta_trainer
 from l2o.meta.types import MetaState
@@ -90,7 +84,9 @@ def _history_until(path: Path, step: int) -> list[dict]:
     return []
 
 
-def run_meta_train_command(config_path: Path, out: Path, *, resume: bool, steps: int | None) -> int:
+def run_meta_train_command(
+    config_path: Path, out: Path, *, resume: bool, steps: int | None, overwrite: bool = False
+) -> int:
     """Meta-train per `config_path` into `out` (checkpoints, events, metrics, optimizer file)."""
     from l2o.optimizers.file_format import save_learned
     from l2o.optimizers.registry import get_learned
@@ -112,16 +108,10 @@ def run_meta_train_command(config_path: Path, out: Path, *, resume: bool, steps:
     def prepare() -> tuple[Path, checkpoint.Stored | None]:
         if resume and not path_exists(out):  # checked before the folder is made
             raise UserError(f"nothing to resume: {out} does not exist")
-        directory = check_writable_dir(out)
-        existing = checkpoint.list_checkpoints(directory)
-        if existing and not resume:
-            raise UserError(
-                f"{directory} already holds checkpoints; pass --resume or choose a new --out"
-            )
+        directory = claim(out, resume=resume, overwrite=overwrite)
         if not resume:
             return directory, None
-        remove_stale_temp_files(directory)  # left by a killed run
-        if not existing:
+        if not checkpoint.list_checkpoints(directory):
             check_resumable(directory, RUN_FILES, "meta-training", "step 0")
             return directory, None
         # The newest checkpoint that reads (a torn one is skipped), checked against the config

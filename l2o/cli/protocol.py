@@ -20,6 +20,7 @@ import numpy as np
 from l2o.cli.builders import build_task, versions
 from l2o.cli.config import _mapping, check_keys, load_yaml, number, parse_suite
 from l2o.cli.progress import progress_bar
+from l2o.cli.run_folder import claim, lock
 from l2o.evaluation import protocol
 from l2o.evaluation.harness import Suite, seconds_per_step
 from l2o.evaluation.protocol_report import TRACKS, aggregate
@@ -146,18 +147,33 @@ def _config_record(p: Protocol) -> dict[str, Any]:
     }
 
 
-def run_targets_command(p: Protocol, out: Path, *, resume: bool, argv: list[str]) -> int:
+def run_targets_command(
+    p: Protocol, out: Path, *, resume: bool, argv: list[str], overwrite: bool = False
+) -> int:
     """Set the target of every task of `p` (`protocol.setter_score` per setter, each trial
     `p.target_steps` long, so that the setters' settings reach it within a budget of
     `p.suite.steps`) and write them,
     with the command and configuration, to `out`; `out` + `.journal.json` holds finished units
-    until the end."""
+    until the end. An existing `out` is replaced only with `overwrite`, which also drops an
+    unfinished run; the run holds the lock `.NAME.lock` beside `out`."""
     journal_path = out.with_name(out.name + ".journal.json")
-    if out.exists():
-        raise UserError(f"{out} exists; delete it or choose another --out")
-    if journal_path.exists() and not resume:
-        raise UserError(f"{journal_path} holds an unfinished run: add --resume, or delete it")
-    check_writable_dir(out.parent)
+    if resume and overwrite:
+        raise UserError("--resume and --overwrite exclude each other")
+
+    def check() -> None:
+        if out.exists() and not overwrite:
+            raise UserError(f"{out} exists: pass --overwrite to replace it, or choose another "
+                            "--out")  # fmt: skip
+        if journal_path.exists() and not (resume or overwrite):
+            raise UserError(f"{journal_path} holds an unfinished run: pass --resume to continue "
+                            "it or --overwrite to replace it")  # fmt: skip
+
+    check()  # before the folder is made
+    lock(check_writable_dir(out.parent), f".{out.name}.lock")
+    check()  # a run that started and ended meanwhile
+    if overwrite:
+        out.unlink(missing_ok=True)
+        journal_path.unlink(missing_ok=True)
     config = _config_record(p)
     journal = Journal(journal_path, config, resume)
     t0 = time.perf_counter()
@@ -207,7 +223,13 @@ def load_targets(path: Path, p: Protocol) -> dict[str, dict[str, Any]]:
 
 
 def run_protocol_command(
-    p: Protocol, targets_path: Path, out: Path, *, tracks: tuple[str, ...], resume: bool
+    p: Protocol,
+    targets_path: Path,
+    out: Path,
+    *,
+    tracks: tuple[str, ...],
+    resume: bool,
+    overwrite: bool = False,
 ) -> int:
     """Both tracks (or one) for every optimizer x task of `p`; results.json, report.md, the
     validation-curve figure and TensorBoard events in `out` (journal: `out/journal.json`)."""
@@ -215,12 +237,8 @@ def run_protocol_command(
 
     targets = load_targets(targets_path, p)
     targets_command = read_json(targets_path).get("command", "?")
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not resume:
-        raise UserError(f"{out} is not empty: add --resume to continue the run in it, "
-                        "or choose another --out")  # fmt: skip
     check_suite_runs(p.suite)
-    out = check_writable_dir(out)
+    out = claim(Path(out), resume=resume, overwrite=overwrite)
     config = {
         **_config_record(p),
         "optimizers": [dataclasses.asdict(o) for o in p.suite.optimizers],

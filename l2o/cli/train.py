@@ -7,8 +7,9 @@ from pathlib import Path
 
 from l2o.cli.builders import build_estimator, build_optimizer, build_task, check_step, versions
 from l2o.cli.progress import progress_bar
+from l2o.cli.run_folder import claim
 from l2o.evaluation.chunked_run import default_eval_every, summarize, train_in_chunks
-from l2o.io import UserError, check_writable_dir, write_json_atomic, write_scalars
+from l2o.io import UserError, write_json_atomic, write_scalars
 
 EXIT_DIVERGED = 3
 
@@ -35,6 +36,7 @@ def run_train_command(
     seed: int,
     eval_every: int | None,
     out: Path,
+    overwrite: bool = False,
     grad: str = "backprop",
     grad_options: dict | None = None,
 ) -> int:
@@ -54,7 +56,7 @@ def run_train_command(
     from baselines import optimizer_hparams
 
     hparams = {**optimizer_hparams(optimizer_name), **hparams}
-    out = check_writable_dir(out)
+    out = claim(out, overwrite=overwrite, can_resume=False)
 
     with progress_bar() as bar:
         job = bar.add_task(f"{task_name} / {optimizer_name}", total=steps)
