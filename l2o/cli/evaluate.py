@@ -15,6 +15,7 @@ from l2o.cli.distributed import is_writer, on_writer
 from l2o.cli.pair_files import PairFiles
 from l2o.cli.progress import progress_bar
 from l2o.cli.run_folder import claim
+from l2o.cli.stopping import check
 from l2o.evaluation.comparison import compare
 from l2o.evaluation.harness import evaluate_suite
 from l2o.evaluation.report import write_report
@@ -73,6 +74,7 @@ def run_evaluate_command(suite, out: Path, *, resume: bool = False, overwrite: b
 
         def on_pair(task, optimizer):
             bar.update(job, advance=1, description=f"evaluate (done: {task} / {optimizer})")
+            check()  # stop here on Ctrl-C: the pair is saved
 
         results_by_task = evaluate_suite(suite, on_pair=on_pair, memo=pairs.run)
     if not writer:

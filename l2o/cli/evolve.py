@@ -20,12 +20,13 @@ from l2o.cli.distributed import is_writer, on_writer
 from l2o.cli.evolve_config import EvolveRun, parse_evolve_run
 from l2o.cli.progress import progress_bar
 from l2o.cli.run_folder import claim
+from l2o.cli.stopping import check
 from l2o.io import (
+    EventFile,
     UserError,
     to_jsonable,
     write_bytes_atomic,
     write_json_atomic,
-    write_scalars,
 )
 
 CHECKPOINT = re.compile(r"evolve_(\d{8})\.json$")
@@ -209,12 +210,13 @@ def run_evolve_command(
     digest, plain = _config_digest(data), _plain(data)
     evolution = make_evolution(run.config, run.proxy, run.funnel)
     unsaved: list[dict] = []
+    events = EventFile(out) if writer else None  # appended at each checkpoint, kept on resume
 
     def save() -> None:
         payload = {"config_digest": digest, "config": plain, "state": state, "history": history,
                    "timing": timing}  # fmt: skip
         if writer:
-            write_scalars(out, _scalars(unsaved))
+            events.append(_scalars(unsaved))
             save_checkpoint(out, state["generation"], payload)
         unsaved.clear()
 
@@ -234,6 +236,7 @@ def run_evolve_command(
     with progress_bar() if writer else Progress(disable=True) as bar:
         job = bar.add_task("evolve", total=run.generations, completed=state["generation"])
         while state["generation"] < run.generations:
+            check()  # stop here on Ctrl-C: between generations
             state, metrics = evolution.step(state)
             row, times = _split_metrics(metrics)
             history.append(row)

@@ -16,6 +16,7 @@ import yaml  # noqa: E402
 
 from l2o.cli.distributed import add_distributed_flags, initialize  # noqa: E402
 from l2o.cli.run_folder import release_locks  # noqa: E402
+from l2o.cli.stopping import exit_now, interrupt_message, stop_on_signals  # noqa: E402
 from l2o.io import UserError  # noqa: E402
 
 
@@ -392,12 +393,23 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, UnknownNameError, DatasetError) as e:
         print(f"l2o: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("l2o: interrupted; no file was left half-written", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C, or a signal seen by `stopping.check`
+        code = getattr(e, "code", 130)
+        print(interrupt_message(code), file=sys.stderr)
+        return code
     except OSError as e:  # the disk is full, no permission: files already written are whole
         where = f": {e.filename}" if e.filename else ""
         print(f"l2o: error: {e.strerror or e}{where}", file=sys.stderr)
         return 1
     finally:
         release_locks()
+
+
+def run() -> None:
+    """The `l2o` console script: `main`, stopped within about a second by SIGINT (exit code 130)
+    or SIGTERM (143), see `l2o.cli.stopping`."""
+    with stop_on_signals():
+        code = main()
+    if code in (130, 143):
+        exit_now(code)  # no interpreter teardown while XLA's threads may still run
+    sys.exit(code)

@@ -18,7 +18,8 @@ from l2o.cli.config import MetaRun, load_yaml, parse_meta_run
 from l2o.cli.distributed import broadcast_from_writer, is_writer, on_writer
 from l2o.cli.progress import progress_bar
 from l2o.cli.run_folder import claim
-from l2o.io import UserError, read_json, write_json_atomic, write_scalars
+from l2o.cli.stopping import check
+from l2o.io import EventFile, UserError, read_json, write_json_atomic
 from l2o.meta import checkpoint
 from l2o.meta.trainer import make_meta_trainer
 from l2o.meta.types import MetaState
@@ -155,21 +156,25 @@ def run_meta_train_command(
         state, history = on_writer(load) or (state, [])
         state = put_replicated(broadcast_from_writer(state), mesh)
     unsaved: list[dict] = []
+    events = EventFile(out) if writer else None  # appended at each checkpoint, kept on resume
     heldout_evaluation = make_heldout_evaluation(tasks, transform, run.objective.horizon, mesh=mesh)
 
     def save() -> None:
         if not writer:
             return
         step = int(state.step)
-        write_scalars(out, _history_scalars(unsaved))
+        events.append(_history_scalars(unsaved))
         write_json_atomic(out / "meta_metrics.json", history)
         checkpoint.save(out, step, state, {"config": data, "optimizer": run.optimizer})
         unsaved.clear()
 
     t0 = time.perf_counter()
     with progress_bar() if writer else Progress(disable=True) as bar:
-        job = bar.add_task("meta-train", total=run.outer.steps, completed=int(state.step))
+        job = bar.add_task(
+            "meta-train (compiling)", total=run.outer.steps, completed=int(state.step)
+        )
         while int(state.step) < run.outer.steps:
+            check()  # stop here on Ctrl-C: between outer steps
             state, metrics = trainer.step(state)
             step = int(state.step)
             row = {"step": step, **{k: float(v) for k, v in jax.device_get(metrics).items()}}

@@ -26,11 +26,11 @@ from l2o.evaluation.harness import Suite, seconds_per_step
 from l2o.evaluation.protocol_report import TRACKS, aggregate
 from l2o.io import (
     UserError,
+    append_scalars,
     check_writable_dir,
     read_json,
     to_jsonable,
     write_json_atomic,
-    write_scalars,
 )
 
 SUITE_KEYS = {"tasks", "optimizers", "steps", "seeds", "eval_every", "timing_steps"}
@@ -308,7 +308,7 @@ def run_protocol_command(
     }
     write_json_atomic(out / "results.json", report)
     write_protocol_report(out, report)
-    write_scalars(out, _scalars(results))
+    append_scalars(out, _scalars(results))
     (out / "journal.json").unlink()
     print(f"time to target of {len(names)} optimizers on {len(p.suite.tasks)} tasks in "
           f"{report['wall_time_s']:.0f} s: {out / 'report.md'}")  # fmt: skip

@@ -14,6 +14,7 @@ from l2o.cli.builders import versions
 from l2o.cli.pair_files import PairFiles
 from l2o.cli.progress import progress_bar
 from l2o.cli.run_folder import claim
+from l2o.cli.stopping import check
 from l2o.evaluation.harness import OptimizerSpec, optimizer_factory
 from l2o.evaluation.plots import loss_curves
 from l2o.io import read_json, write_bytes_atomic, write_json_atomic
@@ -144,6 +145,7 @@ def run_quickstart(
                 runs[task_name][name] = pair["run"]
                 curves[task_name][name] = pair["train_loss"]
                 bar.advance(job)
+                check()  # stop here on Ctrl-C: the pair is saved
     results = {
         "command": "quickstart",
         "steps": steps,
