@@ -2,7 +2,9 @@
 files is refused unless the run resumes it (`--resume`) or replaces it (`--overwrite`, which first
 deletes the files an earlier run wrote there). And one run at a time: a run holds an exclusive
 advisory lock (`fcntl.flock`) on a lock file in its folder, with its pid written in it, for its
-whole life; the operating system releases it when the process ends, however it ends."""
+whole life; the operating system releases it when the process ends, however it ends. A run that
+ends normally deletes its lock file (still holding the lock, so that a process that opened the
+file meanwhile sees it gone and tries again); a killed run leaves it, unlocked."""
 
 from __future__ import annotations
 
@@ -48,27 +50,40 @@ def lock(directory: Path, name: str = LOCK_FILE) -> Path:
     path = Path(directory) / name
     if path in _held:
         return path
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError as e:
-        raise UserError(f"cannot create the lock file {path}: {e.strerror}") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        raise UserError(f"{directory} is in use by another l2o run (pid {holder}); wait for it "
-                        "to end or choose another --out") from None  # fmt: skip
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:
+            raise UserError(f"cannot create the lock file {path}: {e.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise UserError(f"{directory} is in use by another l2o run (pid {holder}); wait for "
+                            "it to end or choose another --out") from None  # fmt: skip
+        if _same_file(path, fd):
+            break
+        os.close(fd)  # its holder deleted it on release: lock the file now at `path`
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     _held[path] = fd
     return path
 
 
+def _same_file(path: Path, fd: int) -> bool:
+    try:
+        return os.stat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
+
+
 def release_locks() -> None:
-    """Release every lock this process holds (the lock files stay)."""
+    """Delete the lock files of this process and release their locks."""
     while _held:
-        os.close(_held.popitem()[1])
+        path, fd = _held.popitem()
+        path.unlink(missing_ok=True)
+        os.close(fd)
 
 
 def clear_run_files(directory: Path) -> None:

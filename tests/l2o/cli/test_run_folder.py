@@ -6,7 +6,6 @@ file per run, appended to across resumes and repaired after a torn append."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -102,7 +101,7 @@ def test_a_second_run_on_a_live_runs_folder_is_refused_with_its_pid(tmp_path, ca
     # The dead run's lock file stays but holds no lock: the folder can be taken over.
     assert (out / LOCK_FILE).exists()
     assert main([*TRAIN, "--out", str(out), "--overwrite"]) == 0
-    assert (out / LOCK_FILE).read_text().strip() == str(os.getpid())
+    assert not (out / LOCK_FILE).exists()  # deleted by the run that ended normally
 
 
 def _scalars(path: Path) -> list[tuple[str, int]]:
