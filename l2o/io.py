@@ -50,8 +50,8 @@ def check_writable_dir(path: str | os.PathLike) -> Path:
 
 def remove_stale_temp_files(directory: str | os.PathLike) -> list[Path]:
     """Delete the temp files of `write_bytes_atomic` that a killed process left in `directory`
-    (call it only when no other process writes there); the paths removed."""
-    stale = sorted(Path(directory).glob(".*.tmp"))
+    and its subfolders (call it only when no other process writes there); the paths removed."""
+    stale = sorted(Path(directory).rglob(".*.tmp"))
     for path in stale:
         path.unlink(missing_ok=True)
     return stale

@@ -160,7 +160,7 @@ def run_targets_command(
     if resume and overwrite:
         raise UserError("--resume and --overwrite exclude each other")
 
-    def check() -> None:
+    def refuse_a_used_out() -> None:
         if out.exists() and not overwrite:
             raise UserError(f"{out} exists: pass --overwrite to replace it, or choose another "
                             "--out")  # fmt: skip
@@ -168,9 +168,9 @@ def run_targets_command(
             raise UserError(f"{journal_path} holds an unfinished run: pass --resume to continue "
                             "it or --overwrite to replace it")  # fmt: skip
 
-    check()  # before the folder is made
+    refuse_a_used_out()  # before the folder is made
     lock(check_writable_dir(out.parent), f".{out.name}.lock")
-    check()  # a run that started and ended meanwhile
+    refuse_a_used_out()  # a run that started and ended meanwhile
     if overwrite:
         out.unlink(missing_ok=True)
         journal_path.unlink(missing_ok=True)

@@ -76,6 +76,7 @@ def _watch(wakeup: socket.socket, finished: threading.Event) -> None:
 def stop_on_signals() -> Iterator[None]:
     """Within the block, SIGINT and SIGTERM ask the run to stop (see the module); call in the
     main thread only."""
+    _requested.clear()
     ours, theirs = socket.socketpair()
     ours.setblocking(False)
     finished = threading.Event()
