@@ -60,10 +60,14 @@ def exit_now(code: int) -> None:
 
 
 def _watch(wakeup: socket.socket, finished: threading.Event) -> None:
-    """End the process `GRACE_S` after the first signal unless the command has finished."""
-    received = wakeup.recv(1)
-    if not received:  # closed: the command finished without a signal
-        return
+    """End the process `GRACE_S` after the first SIGINT or SIGTERM unless the command has
+    finished."""
+    while True:
+        received = wakeup.recv(1)
+        if not received:  # closed: the command finished without a stop
+            return
+        if received[0] in EXIT_CODES:  # the wakeup fd also hears other handled signals
+            break
     _requested.append(received[0])
     if finished.wait(GRACE_S):
         return
