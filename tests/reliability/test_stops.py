@@ -73,6 +73,7 @@ def _stop(proc: subprocess.Popen, signum: int) -> tuple[int, float, str]:
     return code, time.perf_counter() - start, proc.stderr.read()
 
 
+@pytest.mark.slow
 def test_an_interrupted_evaluation_resumes_to_the_uninterrupted_result(
     suite, whole, tmp_path, monkeypatch, capsys
 ):
@@ -99,6 +100,7 @@ def test_an_interrupted_evaluation_resumes_to_the_uninterrupted_result(
     assert _report(out) == _report(whole)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGKILL])
 def test_an_evaluation_stopped_by_a_signal_resumes_to_the_uninterrupted_result(
     suite, whole, tmp_path, signum
@@ -117,25 +119,30 @@ def test_an_evaluation_stopped_by_a_signal_resumes_to_the_uninterrupted_result(
     assert not list(out.rglob("*.tmp"))
 
 
-@pytest.mark.parametrize(
-    "signum, delay", [(signal.SIGINT, 0.0), (signal.SIGINT, 2.0), (signal.SIGTERM, 1.0)]
-)
-def test_a_signal_stops_train_promptly_with_its_exit_code(tmp_path, signum, delay):
-    out = tmp_path / "run"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "l2o.cli", "train", "--task", "digits_mlp", "--optimizer", "adam",
-         "--steps", "200000", "--eval-every", "500", "--out", str(out)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    _wait_for(out / LOCK_FILE, proc)  # validated: compiling, or training after `delay`
-    time.sleep(delay)
-    code, seconds, err = _stop(proc, signum)
-    assert code == {signal.SIGINT: 130, signal.SIGTERM: 143}[signum], err
-    assert seconds < STOP_WITHIN_S, seconds
-    assert err.strip().splitlines()[-1].startswith("l2o: "), err
-    assert "Traceback" not in err and not list(out.glob("*.tmp"))
+TRIALS = ((signal.SIGINT, 0.0), (signal.SIGINT, 2.0), (signal.SIGTERM, 1.0))
+"""Signals to `l2o train`, and the seconds after its validation (compiling, then training)."""
 
 
+@pytest.mark.slow
+def test_a_signal_stops_train_promptly_with_its_exit_code(tmp_path):
+    runs = []
+    for i, _ in enumerate(TRIALS):  # the trials run side by side
+        out = tmp_path / f"run{i}"
+        argv = [sys.executable, "-m", "l2o.cli", "train", "--task", "digits_mlp", "--optimizer",
+                "adam", "--steps", "200000", "--eval-every", "500", "--out", str(out)]  # fmt: skip
+        runs.append((out, subprocess.Popen(argv, stdout=subprocess.DEVNULL,
+                                           stderr=subprocess.PIPE, text=True)))  # fmt: skip
+    for (signum, delay), (out, proc) in zip(TRIALS, runs, strict=True):
+        _wait_for(out / LOCK_FILE, proc)  # validated: compiling, or training after `delay`
+        time.sleep(delay)
+        code, seconds, err = _stop(proc, signum)
+        assert code == {signal.SIGINT: 130, signal.SIGTERM: 143}[signum], err
+        assert seconds < STOP_WITHIN_S, seconds
+        assert err.strip().splitlines()[-1].startswith("l2o: "), err
+        assert "Traceback" not in err and not list(out.glob("*.tmp"))
+
+
+@pytest.mark.slow
 def test_an_interrupted_quickstart_resumes_to_the_uninterrupted_result(
     tmp_path, monkeypatch, capsys
 ):

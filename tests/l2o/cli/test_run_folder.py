@@ -79,6 +79,7 @@ def test_overwrite_leaves_no_stale_files_and_spares_foreign_ones(tmp_path, capsy
     assert {p.name for p in out.iterdir()} == after | {"notes.txt"}  # nothing deleted
 
 
+@pytest.mark.slow
 def test_a_second_run_on_a_live_runs_folder_is_refused_with_its_pid(tmp_path, capsys):
     out = tmp_path / "run"
     argv = [sys.executable, "-m", "l2o.cli", "train", "--task", "digits_mlp", "--optimizer",
@@ -112,6 +113,7 @@ def _scalars(path: Path) -> list[tuple[str, int]]:
     return out
 
 
+@pytest.mark.slow
 def test_one_event_file_per_meta_training_run_across_a_resume(tmp_path):
     config = REPO / "configs" / "meta_tiny.yaml"
     out = tmp_path / "meta"
