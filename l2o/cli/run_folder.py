@@ -103,7 +103,9 @@ def clear_run_files(directory: Path) -> None:
             path.unlink(missing_ok=True)
 
 
-def claim(out: Path, *, resume: bool = False, overwrite: bool = False, can_resume: bool = True):
+def claim(
+    out: Path, *, resume: bool = False, overwrite: bool = False, can_resume: bool = True
+) -> Path:
     """The output folder of a run, created, locked for this process and checked against the
     policy: non-empty only with `resume` (kept; dead runs' temp files removed) or `overwrite`
     (emptied of the earlier run's files)."""
