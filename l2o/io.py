@@ -1,5 +1,6 @@
 """Files every room writes: atomic output (temp file + rename, so a result lands whole or not at
-all), JSON, and TensorBoard scalar event files written without TensorFlow."""
+all), JSON, and TensorBoard scalar event files written without TensorFlow (one per run, appended
+to). Every write holds `WRITING`, so that a process ending at once can wait for it."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ import io
 import json
 import math
 import os
+import re
 import socket
+import struct
 import tempfile
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -17,6 +21,10 @@ from typing import Any
 import numpy as np
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer.record_writer import RecordWriter
+
+WRITING = threading.RLock()
+"""Held while a file is written (`l2o.cli.stopping` ends a process only between writes)."""
+EVENT_FILE = re.compile(r"events\.out\.tfevents\..*\.l2o")
 
 
 class UserError(Exception):
@@ -42,8 +50,8 @@ def check_writable_dir(path: str | os.PathLike) -> Path:
 
 def remove_stale_temp_files(directory: str | os.PathLike) -> list[Path]:
     """Delete the temp files of `write_bytes_atomic` that a killed process left in `directory`
-    (call it only when no other process writes there); the paths removed."""
-    stale = sorted(Path(directory).glob(".*.tmp"))
+    and its subfolders (call it only when no other process writes there); the paths removed."""
+    stale = sorted(Path(directory).rglob(".*.tmp"))
     for path in stale:
         path.unlink(missing_ok=True)
     return stale
@@ -59,17 +67,18 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
     """Write `data` to `path` through a temp file in the same directory and `os.replace`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with WRITING:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            os.chmod(tmp, 0o666 & ~_umask())
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     return path
 
 
@@ -108,14 +117,17 @@ def read_json(path: str | os.PathLike) -> Any:
 Scalars = Mapping[str, tuple[Sequence[int], Sequence[float]]]
 
 
-def encode_scalars(scalars: Scalars, wall_time: float | None = None) -> bytes:
-    """A TFRecord event stream: `tag -> (steps, values)`; non-finite values are skipped."""
+def encode_scalars(
+    scalars: Scalars, wall_time: float | None = None, *, header: bool = True
+) -> bytes:
+    """A TFRecord event stream: `tag -> (steps, values)`; non-finite values are skipped. With
+    `header`, it starts with the file-version event that opens an event file."""
     wall_time = time.time() if wall_time is None else wall_time
     buffer = io.BytesIO()
     writer = RecordWriter(buffer)
-    writer.write(
-        event_pb2.Event(wall_time=wall_time, file_version="brain.Event:2").SerializeToString()
-    )
+    if header:
+        version = event_pb2.Event(wall_time=wall_time, file_version="brain.Event:2")
+        writer.write(version.SerializeToString())
     for tag, (steps, values) in scalars.items():
         for step, value in zip(steps, values, strict=True):
             value = float(value)
@@ -129,9 +141,47 @@ def encode_scalars(scalars: Scalars, wall_time: float | None = None) -> bytes:
     return buffer.getvalue()
 
 
-def write_scalars(directory: str | os.PathLike, scalars: Scalars) -> Path:
-    """Write one event file of `scalars` into `directory` (TensorBoard's `--logdir`)."""
-    now = time.time()
-    # The nanosecond clock keeps two files written within one second apart.
-    name = f"events.out.tfevents.{int(now)}.{socket.gethostname()}.{time.time_ns()}.l2o"
-    return write_bytes_atomic(Path(directory) / name, encode_scalars(scalars, now))
+def whole_records(data: bytes) -> int:
+    """Bytes of `data`, a TFRecord stream, up to the end of its last whole record (a record:
+    8-byte length, 4-byte CRC, the data, 4-byte CRC)."""
+    end = 0
+    while end + 12 <= len(data):
+        (length,) = struct.unpack_from("<Q", data, end)
+        if end + 16 + length > len(data):
+            break
+        end += 16 + length
+    return end
+
+
+class EventFile:
+    """The one TensorBoard event file of a run in `directory` (TensorBoard's `--logdir`): the
+    newest l2o event file there, else one made by the first `append`. Opening an existing file
+    cuts off a record torn by a killed process, so that appended records stay readable."""
+
+    def __init__(self, directory: str | os.PathLike):
+        self.directory = Path(directory)
+        found = sorted(p for p in self.directory.glob("events.out.tfevents.*")
+                       if EVENT_FILE.fullmatch(p.name))  # fmt: skip
+        self.path = found[-1] if found else None
+        if self.path is not None:
+            with WRITING, open(self.path, "r+b") as f:
+                f.truncate(whole_records(f.read()))
+
+    def append(self, scalars: Scalars) -> Path:
+        """Append `scalars` (`tag -> (steps, values)`) to the file, made now if there is none."""
+        now = time.time()
+        if self.path is None:
+            # The nanosecond clock keeps two files written within one second apart.
+            name = f"events.out.tfevents.{int(now)}.{socket.gethostname()}.{time.time_ns()}.l2o"
+            self.path = write_bytes_atomic(self.directory / name, encode_scalars(scalars, now))
+            return self.path
+        with WRITING, open(self.path, "ab") as f:
+            f.write(encode_scalars(scalars, now, header=False))
+            f.flush()
+            os.fsync(f.fileno())
+        return self.path
+
+
+def append_scalars(directory: str | os.PathLike, scalars: Scalars) -> Path:
+    """Append `scalars` to the run's event file in `directory` (`EventFile`)."""
+    return EventFile(directory).append(scalars)

@@ -100,7 +100,9 @@ def check_resumable(out: Path, run_files: re.Pattern, what: str, start: str) -> 
     """`--resume` on a folder without checkpoints: UserError, unless `out` holds only
     `run_files` (what a run killed before its first checkpoint leaves); then the run starts at
     `start`, said on stderr."""
-    if any(not run_files.fullmatch(p.name) for p in out.iterdir()):
+    from l2o.cli.run_folder import folder_contents
+
+    if any(not run_files.fullmatch(name) for name in folder_contents(out)):
         raise UserError(f"nothing to resume: {out} holds no {what} checkpoint; start the run "
                         "without --resume")  # fmt: skip
     print(f"l2o: no checkpoint in {out} yet (the run stopped before its first); starting from "

@@ -12,10 +12,14 @@ from rich.progress import Progress
 from l2o.cli.builders import versions
 from l2o.cli.config import load_yaml, parse_suite
 from l2o.cli.distributed import is_writer, on_writer
+from l2o.cli.pair_files import PairFiles
 from l2o.cli.progress import progress_bar
+from l2o.cli.run_folder import claim
+from l2o.cli.stopping import check
+from l2o.evaluation.comparison import compare
 from l2o.evaluation.harness import evaluate_suite
 from l2o.evaluation.report import write_report
-from l2o.io import UserError, check_writable_dir, read_json, write_bytes_atomic, write_json_atomic
+from l2o.io import UserError, read_json, write_bytes_atomic, write_json_atomic
 
 
 def suite_from_flags(
@@ -78,8 +82,17 @@ def evaluate_calls(suite, pairs: list[tuple[str, str, int, bool]]) -> list:
     return calls
 
 
-def run_evaluate_command(suite, out: Path, *, max_memory: int | None = None) -> int:
-    """Evaluate `suite`; write results.json, report.md, plots and TensorBoard events to `out`.
+def run_evaluate_command(
+    suite,
+    out: Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    max_memory: int | None = None,
+) -> int:
+    """Evaluate `suite`; write results.json, then report.md, plots and TensorBoard events (made
+    from results.json) to `out`. Each finished pair is saved in `out/pairs`: with `resume`, a
+    rerun computes only the others.
 
     With several processes (`l2o.cli.distributed`), every process computes and process 0 writes.
     A suite whose memory estimate (`l2o.cli.resources`) is above `max_memory` is refused.
@@ -89,16 +102,18 @@ def run_evaluate_command(suite, out: Path, *, max_memory: int | None = None) -> 
     calls = evaluate_calls(suite, check_suite_runs(suite))
     check_memory(calls, max_memory, "steps, seeds, the number of learning rates or tasks")
     writer = is_writer()
-    out = on_writer(lambda: check_writable_dir(out)) or out
+    out = on_writer(lambda: claim(out, resume=resume, overwrite=overwrite)) or out
+    pairs = PairFiles(out, dataclasses.asdict(suite), resume=resume, writer=writer)
     t0 = time.perf_counter()
-    pairs = len(suite.tasks) * len(suite.optimizers)
+    count = len(suite.tasks) * len(suite.optimizers)
     with progress_bar() if writer else Progress(disable=True) as bar:
-        job = bar.add_task("evaluate", total=pairs)
+        job = bar.add_task("evaluate", total=count)
 
         def on_pair(task, optimizer):
             bar.update(job, advance=1, description=f"evaluate (done: {task} / {optimizer})")
+            check()  # stop here on Ctrl-C: the pair is saved
 
-        results_by_task = evaluate_suite(suite, on_pair=on_pair)
+        results_by_task = evaluate_suite(suite, on_pair=on_pair, memo=pairs.run)
     if not writer:
         return 0
     results = {
@@ -109,9 +124,10 @@ def run_evaluate_command(suite, out: Path, *, max_memory: int | None = None) -> 
         "wall_time_s": time.perf_counter() - t0,
         "versions": versions(),
     }
-    write_report(out, results)
+    results["comparison"] = compare(results_by_task, suite.reference, suite.steps)
     write_json_atomic(out / "results.json", results)
-    print(f"evaluated {pairs} optimizer x task pairs in {results['wall_time_s']:.0f} s: "
+    write_report(out, read_json(out / "results.json"))
+    print(f"evaluated {count} optimizer x task pairs in {results['wall_time_s']:.0f} s: "
           f"{out / 'report.md'}")  # fmt: skip
     return 0
 

@@ -20,14 +20,14 @@ from l2o.cli.distributed import is_writer, on_writer
 from l2o.cli.evolve_config import EvolveRun, parse_evolve_run
 from l2o.cli.progress import progress_bar
 from l2o.cli.resources import Call, check_memory, run_bytes, run_values
+from l2o.cli.run_folder import claim
+from l2o.cli.stopping import check
 from l2o.io import (
+    EventFile,
     UserError,
-    check_writable_dir,
-    remove_stale_temp_files,
     to_jsonable,
     write_bytes_atomic,
     write_json_atomic,
-    write_scalars,
 )
 
 CHECKPOINT = re.compile(r"evolve_(\d{8})\.json$")
@@ -212,6 +212,7 @@ def run_evolve_command(
     *,
     resume: bool,
     generations: int | None,
+    overwrite: bool = False,
     max_memory: int | None = None,
 ) -> int:
     """Evolve per `config_path` into `out`: checkpoints, events, evolution.json, best_rule.json.
@@ -233,14 +234,10 @@ def run_evolve_command(
     def prepare() -> tuple[Path, list[Path]]:
         if resume and not path_exists(out):  # checked before the folder is made
             raise UserError(f"nothing to resume: {out} does not exist")
-        checked = check_writable_dir(out)
+        checked = claim(out, resume=resume, overwrite=overwrite)
         found = list_checkpoints(checked)
-        if found and not resume:
-            raise UserError(f"{out} already holds checkpoints; pass --resume or choose a new --out")
-        if resume:
-            remove_stale_temp_files(checked)  # left by a killed run
-            if not found:
-                check_resumable(checked, RUN_FILES, "evolution", "generation 0")
+        if resume and not found:
+            check_resumable(checked, RUN_FILES, "evolution", "generation 0")
         return checked, found
 
     out, existing = on_writer(prepare) or (out, [])
@@ -249,12 +246,13 @@ def run_evolve_command(
     digest, plain = _config_digest(data), _plain(data)
     evolution = make_evolution(run.config, run.proxy, run.funnel)
     unsaved: list[dict] = []
+    events = EventFile(out) if writer else None  # appended at each checkpoint, kept on resume
 
     def save() -> None:
         payload = {"config_digest": digest, "config": plain, "state": state, "history": history,
                    "timing": timing}  # fmt: skip
         if writer:
-            write_scalars(out, _scalars(unsaved))
+            events.append(_scalars(unsaved))
             save_checkpoint(out, state["generation"], payload)
         unsaved.clear()
 
@@ -274,6 +272,7 @@ def run_evolve_command(
     with progress_bar() if writer else Progress(disable=True) as bar:
         job = bar.add_task("evolve", total=run.generations, completed=state["generation"])
         while state["generation"] < run.generations:
+            check()  # stop here on Ctrl-C: between generations
             state, metrics = evolution.step(state)
             row, times = _split_metrics(metrics)
             history.append(row)

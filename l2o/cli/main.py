@@ -16,6 +16,8 @@ import yaml  # noqa: E402
 
 from l2o.cli.distributed import add_distributed_flags, initialize  # noqa: E402
 from l2o.cli.resources import add_memory_flag  # noqa: E402
+from l2o.cli.run_folder import release_locks  # noqa: E402
+from l2o.cli.stopping import exit_now, interrupt_message, stop_on_signals  # noqa: E402
 from l2o.io import UserError  # noqa: E402
 
 
@@ -115,6 +117,7 @@ def cmd_train(args) -> int:
         seed=args.seed,
         eval_every=args.eval_every,
         out=Path(args.out or f"runs/{args.task}_{args.optimizer}_s{args.seed}"),
+        overwrite=args.overwrite,
         grad=args.grad,
         grad_options=parse_assignments(args.grad_opt, "--grad-opt"),
         max_memory=args.max_memory,
@@ -126,8 +129,9 @@ def cmd_quickstart(args) -> int:
     from l2o.cli.quickstart import run_quickstart
 
     return run_quickstart(
-        Path(args.out), steps=args.steps, seeds=args.seeds, max_memory=args.max_memory
-    )
+        Path(args.out), steps=args.steps, seeds=args.seeds, resume=args.resume,
+        overwrite=args.overwrite, max_memory=args.max_memory,
+    )  # fmt: skip
 
 
 def cmd_tune(args) -> int:
@@ -145,6 +149,7 @@ def cmd_tune(args) -> int:
         seed=args.seed,
         out=Path(args.out or f"runs/tune_{args.task}_{args.optimizer}_{args.method}"),
         resume=args.resume,
+        overwrite=args.overwrite,
         task_options=parse_assignments(args.task_opt, "--task-opt"),
         reports=args.reports,
         max_memory=args.max_memory,
@@ -163,7 +168,10 @@ def cmd_evaluate(args) -> int:
         overrides.setdefault("lr_grid", {})["extensions"] = args.lr_extensions
     suite = suite_from_flags(args.config, args.tasks, args.optimizers, overrides)
     initialize(args)  # joins the other processes, if any: before any JAX computation
-    return run_evaluate_command(suite, Path(args.out), max_memory=args.max_memory)
+    out = Path(args.out or f"runs/evaluate_{args.config.stem if args.config else 'flags'}")
+    return run_evaluate_command(
+        suite, out, resume=args.resume, overwrite=args.overwrite, max_memory=args.max_memory
+    )
 
 
 def cmd_targets(args) -> int:
@@ -173,7 +181,12 @@ def cmd_targets(args) -> int:
     protocol = protocol_from_flags(args.config, None)
     out = Path(args.out or protocol.targets_file)
     return run_targets_command(
-        protocol, out, resume=args.resume, argv=args.argv, max_memory=args.max_memory
+        protocol,
+        out,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        argv=args.argv,
+        max_memory=args.max_memory,
     )
 
 
@@ -186,6 +199,7 @@ def cmd_protocol(args) -> int:
     return run_protocol_command(
         protocol, targets, Path(args.out), tracks=TRACK_CHOICES[args.track], resume=args.resume,
         max_memory=args.max_memory,
+        overwrite=args.overwrite,
     )  # fmt: skip
 
 
@@ -202,7 +216,7 @@ def cmd_meta_train(args) -> int:
 
     initialize(args)  # joins the other processes, if any: before any JAX computation
     return run_meta_train_command(
-        args.config, Path(args.out), resume=args.resume, steps=args.steps,
+        args.config, Path(args.out), resume=args.resume, overwrite=args.overwrite, steps=args.steps,
         max_memory=args.max_memory,
     )  # fmt: skip
 
@@ -226,8 +240,8 @@ def cmd_evolve(args) -> int:
     # tasks is one): each process then reports a bad config itself.
     initialize(args)
     return run_evolve_command(
-        args.config, Path(args.out), resume=args.resume, generations=args.generations,
-        max_memory=args.max_memory,
+        args.config, Path(args.out), resume=args.resume, overwrite=args.overwrite,
+        generations=args.generations, max_memory=args.max_memory,
     )  # fmt: skip
 
 
@@ -236,6 +250,14 @@ def cmd_export_rule(args) -> int:
     from l2o.cli.export import run_export_rule_command
 
     return run_export_rule_command(Path(args.rule), Path(args.out), args.name, args.format)
+
+
+def _add_overwrite_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--overwrite", action="store_true",
+        help="replace the run in a non-empty --out (its files are deleted first); without it, "
+        "or --resume where offered, a non-empty --out is refused",
+    )  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -258,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_positive_int, default=1000, help="training steps")
     p.add_argument("--seed", type=_nonnegative_int, default=0, help="random seed")
     p.add_argument("--out", help="output directory (default runs/TASK_OPTIMIZER_sSEED)")
+    _add_overwrite_flag(p)
     p.add_argument("--eval-every", type=_positive_int, help="steps between evaluations")
     p.add_argument("--task-opt", action="append", metavar="NAME=VALUE", help="task option")
     p.add_argument("--hparam", action="append", metavar="NAME=VALUE", help="optimizer option")
@@ -281,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="TPE: validation reports per trial (Hyperband's resource)")  # fmt: skip
     p.add_argument("--out", help="output directory (default runs/tune_TASK_OPTIMIZER_METHOD)")
     p.add_argument("--resume", action="store_true", help="continue the TPE study in --out")
+    _add_overwrite_flag(p)
     p.add_argument("--task-opt", action="append", metavar="NAME=VALUE", help="task option")
     add_memory_flag(p)
     p.set_defaults(func=cmd_tune)
@@ -301,7 +325,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr-high", type=_positive_float, default=1.0, help="largest grid LR")
     p.add_argument("--lr-extensions", type=int, choices=range(11), metavar="0..10",
                    help="times the LR grid grows past an edge holding the best LR (2)")  # fmt: skip
-    p.add_argument("--out", default="runs/evaluate", help="output directory")
+    p.add_argument("--out", help="output directory (default runs/evaluate_CONFIG, CONFIG the "
+                   "config file's stem; without --config runs/evaluate_flags)")  # fmt: skip
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run in --out (keeps finished pairs)")  # fmt: skip
+    _add_overwrite_flag(p)
     add_distributed_flags(p)
     add_memory_flag(p)
     p.set_defaults(func=cmd_evaluate)
@@ -311,6 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="YAML protocol suite (e.g. configs/protocol_cpu.yaml)")  # fmt: skip
     p.add_argument("--out", help="targets file to write (default: the config's targets.file)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing targets file (and its unfinished run)")  # fmt: skip
     add_memory_flag(p)
     p.set_defaults(func=cmd_targets)
 
@@ -323,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--targets", help="targets file (default: the config's targets.file)")
     p.add_argument("--out", default="runs/protocol", help="output directory")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    _add_overwrite_flag(p)
     add_memory_flag(p)
     p.set_defaults(func=cmd_protocol)
 
@@ -334,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, required=True, help="YAML run (configs/meta_*.yaml)")
     p.add_argument("--out", default="runs/meta", help="output directory")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    _add_overwrite_flag(p)
     p.add_argument("--steps", type=_positive_int, help="outer steps (override the config)")
     add_distributed_flags(p)
     add_memory_flag(p)
@@ -361,6 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, required=True, help="YAML run (configs/evolve_*.yaml)")
     p.add_argument("--out", default="runs/evolve", help="output directory")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    _add_overwrite_flag(p)
     p.add_argument("--generations", type=_positive_int, help="generations (override the config)")
     add_distributed_flags(p)
     add_memory_flag(p)
@@ -385,6 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/quickstart", help="output directory")
     p.add_argument("--steps", type=_positive_int, default=1000, help="training steps per run")
     p.add_argument("--seeds", type=_positive_int, default=3, help="seeds per configuration")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run in --out (keeps finished pairs)")  # fmt: skip
+    _add_overwrite_flag(p)
     add_memory_flag(p)
     p.set_defaults(func=cmd_quickstart)
     for action in sub._choices_actions:  # each subcommand's help line is its description
@@ -403,10 +439,23 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, UnknownNameError, DatasetError) as e:
         print(f"l2o: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("l2o: interrupted; no file was left half-written", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C, or a signal seen by `stopping.check`
+        code = getattr(e, "code", 130)
+        print(interrupt_message(code), file=sys.stderr)
+        return code
     except OSError as e:  # the disk is full, no permission: files already written are whole
         where = f": {e.filename}" if e.filename else ""
         print(f"l2o: error: {e.strerror or e}{where}", file=sys.stderr)
         return 1
+    finally:
+        release_locks()
+
+
+def run() -> None:
+    """The `l2o` console script: `main`, stopped within about a second by SIGINT (exit code 130)
+    or SIGTERM (143), see `l2o.cli.stopping`."""
+    with stop_on_signals():
+        code = main()
+    if code in (130, 143):
+        exit_now(code)  # no interpreter teardown while XLA's threads may still run
+    sys.exit(code)

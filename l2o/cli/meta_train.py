@@ -18,14 +18,9 @@ from l2o.cli.config import MetaRun, load_yaml, parse_meta_run
 from l2o.cli.distributed import broadcast_from_writer, is_writer, on_writer
 from l2o.cli.progress import progress_bar
 from l2o.cli.resources import Call, check_memory, run_bytes, run_values
-from l2o.io import (
-    UserError,
-    check_writable_dir,
-    read_json,
-    remove_stale_temp_files,
-    write_json_atomic,
-    write_scalars,
-)
+from l2o.cli.run_folder import claim
+from l2o.cli.stopping import check
+from l2o.io import EventFile, UserError, read_json, write_json_atomic
 from l2o.meta import checkpoint
 from l2o.meta.trainer import make_meta_trainer
 from l2o.meta.types import MetaState
@@ -123,7 +118,13 @@ def meta_calls(run: MetaRun, tasks: dict, optimizer) -> list[Call]:
 
 
 def run_meta_train_command(
-    config_path: Path, out: Path, *, resume: bool, steps: int | None, max_memory: int | None = None
+    config_path: Path,
+    out: Path,
+    *,
+    resume: bool,
+    steps: int | None,
+    overwrite: bool = False,
+    max_memory: int | None = None,
 ) -> int:
     """Meta-train per `config_path` into `out` (checkpoints, events, metrics, optimizer file); a
     run whose memory estimate (`l2o.cli.resources`) is above `max_memory` is refused."""
@@ -150,16 +151,10 @@ def run_meta_train_command(
     def prepare() -> tuple[Path, checkpoint.Stored | None]:
         if resume and not path_exists(out):  # checked before the folder is made
             raise UserError(f"nothing to resume: {out} does not exist")
-        directory = check_writable_dir(out)
-        existing = checkpoint.list_checkpoints(directory)
-        if existing and not resume:
-            raise UserError(
-                f"{directory} already holds checkpoints; pass --resume or choose a new --out"
-            )
+        directory = claim(out, resume=resume, overwrite=overwrite)
         if not resume:
             return directory, None
-        remove_stale_temp_files(directory)  # left by a killed run
-        if not existing:
+        if not checkpoint.list_checkpoints(directory):
             check_resumable(directory, RUN_FILES, "meta-training", "step 0")
             return directory, None
         # The newest checkpoint that reads (a torn one is skipped), checked against the config
@@ -203,21 +198,25 @@ def run_meta_train_command(
         state, history = on_writer(load) or (state, [])
         state = put_replicated(broadcast_from_writer(state), mesh)
     unsaved: list[dict] = []
+    events = EventFile(out) if writer else None  # appended at each checkpoint, kept on resume
     heldout_evaluation = make_heldout_evaluation(tasks, transform, run.objective.horizon, mesh=mesh)
 
     def save() -> None:
         if not writer:
             return
         step = int(state.step)
-        write_scalars(out, _history_scalars(unsaved))
+        events.append(_history_scalars(unsaved))
         write_json_atomic(out / "meta_metrics.json", history)
         checkpoint.save(out, step, state, {"config": data, "optimizer": run.optimizer})
         unsaved.clear()
 
     t0 = time.perf_counter()
     with progress_bar() if writer else Progress(disable=True) as bar:
-        job = bar.add_task("meta-train", total=run.outer.steps, completed=int(state.step))
+        job = bar.add_task(
+            "meta-train (compiling)", total=run.outer.steps, completed=int(state.step)
+        )
         while int(state.step) < run.outer.steps:
+            check()  # stop here on Ctrl-C: between outer steps
             state, metrics = trainer.step(state)
             step = int(state.step)
             row = {"step": step, **{k: float(v) for k, v in jax.device_get(metrics).items()}}

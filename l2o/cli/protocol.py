@@ -21,16 +21,17 @@ from l2o.cli.builders import build_task, versions
 from l2o.cli.config import _mapping, check_keys, load_yaml, number, parse_suite
 from l2o.cli.progress import progress_bar
 from l2o.cli.resources import Call, check_memory, run_bytes, run_values
+from l2o.cli.run_folder import claim, lock
 from l2o.evaluation import protocol
 from l2o.evaluation.harness import Suite, seconds_per_step
 from l2o.evaluation.protocol_report import TRACKS, aggregate
 from l2o.io import (
     UserError,
+    append_scalars,
     check_writable_dir,
     read_json,
     to_jsonable,
     write_json_atomic,
-    write_scalars,
 )
 
 SUITE_KEYS = {"tasks", "optimizers", "steps", "seeds", "eval_every", "timing_steps"}
@@ -170,23 +171,42 @@ def protocol_calls(p: Protocol, tracks: tuple[str, ...], pairs) -> list[Call]:
 
 
 def run_targets_command(
-    p: Protocol, out: Path, *, resume: bool, argv: list[str], max_memory: int | None = None
+    p: Protocol,
+    out: Path,
+    *,
+    resume: bool,
+    argv: list[str],
+    overwrite: bool = False,
+    max_memory: int | None = None,
 ) -> int:
     """Set the target of every task of `p` (`protocol.setter_score` per setter, each trial
     `p.target_steps` long, so that the setters' settings reach it within a budget of
     `p.suite.steps`) and write them,
     with the command and configuration, to `out`; `out` + `.journal.json` holds finished units
-    until the end. A run whose memory estimate (`l2o.cli.resources`) is above `max_memory` is
-    refused."""
+    until the end. An existing `out` is replaced only with `overwrite`, which also drops an
+    unfinished run; the run holds the lock `.NAME.lock` beside `out`. A run whose memory
+    estimate (`l2o.cli.resources`) is above `max_memory` is refused."""
     journal_path = out.with_name(out.name + ".journal.json")
-    if out.exists():
-        raise UserError(f"{out} exists; delete it or choose another --out")
-    if journal_path.exists() and not resume:
-        raise UserError(f"{journal_path} holds an unfinished run: add --resume, or delete it")
+    if resume and overwrite:
+        raise UserError("--resume and --overwrite exclude each other")
+
+    def refuse_a_used_out() -> None:
+        if out.exists() and not overwrite:
+            raise UserError(f"{out} exists: pass --overwrite to replace it, or choose another "
+                            "--out")  # fmt: skip
+        if journal_path.exists() and not (resume or overwrite):
+            raise UserError(f"{journal_path} holds an unfinished run: pass --resume to continue "
+                            "it or --overwrite to replace it")  # fmt: skip
+
+    refuse_a_used_out()  # before the folder is made
     tasks = {spec.key: build_task(spec.name, dict(spec.options)) for spec in p.suite.tasks}
     lower = "targets.trials, seeds, targets.steps or the tasks' sizes"
     check_memory(targets_calls(p, tasks.values()), max_memory, lower)
-    check_writable_dir(out.parent)
+    lock(check_writable_dir(out.parent), f".{out.name}.lock")
+    refuse_a_used_out()  # a run that started and ended meanwhile
+    if overwrite:
+        out.unlink(missing_ok=True)
+        journal_path.unlink(missing_ok=True)
     config = _config_record(p)
     journal = Journal(journal_path, config, resume)
     t0 = time.perf_counter()
@@ -242,6 +262,7 @@ def run_protocol_command(
     *,
     tracks: tuple[str, ...],
     resume: bool,
+    overwrite: bool = False,
     max_memory: int | None = None,
 ) -> int:
     """Both tracks (or one) for every optimizer x task of `p`; results.json, report.md, the
@@ -251,13 +272,9 @@ def run_protocol_command(
 
     targets = load_targets(targets_path, p)
     targets_command = read_json(targets_path).get("command", "?")
-    out = Path(out)
-    if out.is_dir() and any(out.iterdir()) and not resume:
-        raise UserError(f"{out} is not empty: add --resume to continue the run in it, "
-                        "or choose another --out")  # fmt: skip
     calls = protocol_calls(p, tracks, check_suite_runs(p.suite))
     check_memory(calls, max_memory, "tuning.trials, tuning.studies, seeds or steps")
-    out = check_writable_dir(out)
+    out = claim(Path(out), resume=resume, overwrite=overwrite)
     config = {
         **_config_record(p),
         "optimizers": [dataclasses.asdict(o) for o in p.suite.optimizers],
@@ -327,7 +344,7 @@ def run_protocol_command(
     }
     write_json_atomic(out / "results.json", report)
     write_protocol_report(out, report)
-    write_scalars(out, _scalars(results))
+    append_scalars(out, _scalars(results))
     (out / "journal.json").unlink()
     print(f"time to target of {len(names)} optimizers on {len(p.suite.tasks)} tasks in "
           f"{report['wall_time_s']:.0f} s: {out / 'report.md'}")  # fmt: skip

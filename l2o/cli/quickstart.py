@@ -3,6 +3,7 @@ shipped discovered rule on offline tasks, then write a short report."""
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -10,11 +11,14 @@ from pathlib import Path
 import numpy as np
 
 from l2o.cli.builders import versions
+from l2o.cli.pair_files import PairFiles
 from l2o.cli.progress import progress_bar
 from l2o.cli.resources import Call, check_memory, run_bytes, run_values
+from l2o.cli.run_folder import claim
+from l2o.cli.stopping import check
 from l2o.evaluation.harness import OptimizerSpec, optimizer_factory
 from l2o.evaluation.plots import loss_curves
-from l2o.io import check_writable_dir, write_bytes_atomic, write_json_atomic
+from l2o.io import read_json, write_bytes_atomic, write_json_atomic
 from l2o.optimizers.file_format import load_optimizer
 from search.rule_file import load_rule
 from search.sweep import log_grid, lr_seed_sweep, select_best
@@ -112,18 +116,44 @@ def quickstart_calls(contenders, steps: int, seeds: int, eval_every: int) -> lis
     return calls
 
 
-def run_quickstart(
-    out: Path, *, steps: int = 1000, seeds: int = 3, max_memory: int | None = None
-) -> int:
-    """Run the quickstart comparison and write `results.json`, `report.md`, `loss_curves.png`;
-    refused if its memory estimate (`l2o.cli.resources`) is above `max_memory`."""
-    seed_ids = np.arange(seeds)
+def _pair(task, make, lrs, seed_ids, steps: int) -> dict:
+    """One optimizer on one task: its learning rate picked by the mean final validation loss,
+    the runs at that rate, and their training curves (`train_loss`, seeds x steps)."""
     eval_every = max(1, steps // 10)
+    metrics = lr_seed_sweep(task, make, lrs, seed_ids, steps, eval_every=eval_every)
+    best = select_best(metrics["valid_loss"][:, :, -1])
+    run = {"learning_rate": float(lrs[best])}
+    for key in ("valid_loss", "test_loss", "test_accuracy"):
+        if key in metrics:
+            run[key] = metrics[key][best, :, -1]
+    final_valid = metrics["valid_loss"][:, :, -1]
+    run["final_valid_loss_by_lr"] = np.where(np.isfinite(final_valid), final_valid, np.inf).mean(1)
+    window = max(1, steps // 20)  # the last 5% of the steps, per seed
+    run["final_train_loss"] = metrics["train_loss"][best][:, -window:].mean(1)
+    return {"run": run, "train_loss": metrics["train_loss"][best]}
+
+
+def run_quickstart(
+    out: Path,
+    *,
+    steps: int = 1000,
+    seeds: int = 3,
+    resume: bool = False,
+    overwrite: bool = False,
+    max_memory: int | None = None,
+) -> int:
+    """Run the quickstart comparison and write `results.json`, then `report.md` and
+    `loss_curves.png` made from it. Each finished pair is saved in `out/pairs`: with `resume`,
+    a rerun computes only the others. Refused if its memory estimate (`l2o.cli.resources`) is
+    above `max_memory`."""
     contenders = _contenders(steps)
-    calls = quickstart_calls(contenders, steps, seeds, eval_every)
+    calls = quickstart_calls(contenders, steps, seeds, max(1, steps // 10))
     check_memory(calls, max_memory, "--steps or --seeds")
-    out = check_writable_dir(out)
+    out = claim(out, resume=resume, overwrite=overwrite)
+    pairs = PairFiles(out, {"command": "quickstart", "steps": steps, "seeds": seeds},
+                      resume=resume)  # fmt: skip
     t0 = time.perf_counter()
+    seed_ids = np.arange(seeds)
     runs: dict[str, dict] = {}
     curves: dict[str, dict] = {}
     with progress_bar() as bar:
@@ -133,21 +163,12 @@ def run_quickstart(
             runs[task_name], curves[task_name] = {}, {}
             for name, make, lrs in contenders:
                 bar.update(job, description=f"{task_name} / {name}")
-                metrics = lr_seed_sweep(task, make, lrs, seed_ids, steps, eval_every=eval_every)
-                best = select_best(metrics["valid_loss"][:, :, -1])
-                run = {"learning_rate": float(lrs[best])}
-                for key in ("valid_loss", "test_loss", "test_accuracy"):
-                    if key in metrics:
-                        run[key] = metrics[key][best, :, -1]
-                final_valid = metrics["valid_loss"][:, :, -1]
-                run["final_valid_loss_by_lr"] = np.where(
-                    np.isfinite(final_valid), final_valid, np.inf
-                ).mean(1)
-                runs[task_name][name] = run
-                curves[task_name][name] = metrics["train_loss"][best]
-                window = max(1, steps // 20)  # the last 5% of the steps, per seed
-                run["final_train_loss"] = metrics["train_loss"][best][:, -window:].mean(1)
+                pair = pairs.run(f"{task_name}/{name}", functools.partial(
+                    _pair, task, make, lrs, seed_ids, steps))  # fmt: skip
+                runs[task_name][name] = pair["run"]
+                curves[task_name][name] = pair["train_loss"]
                 bar.advance(job)
+                check()  # stop here on Ctrl-C: the pair is saved
     results = {
         "command": "quickstart",
         "steps": steps,
@@ -158,8 +179,11 @@ def run_quickstart(
         "wall_time_s": time.perf_counter() - t0,
         "versions": versions(),
     }
-    write_bytes_atomic(out / "loss_curves.png", loss_curves(curves))
     write_json_atomic(out / "results.json", results)
+    results = read_json(out / "results.json")
+    curves = {t: {o: np.asarray(c, np.float64) for o, c in by_optimizer.items()}
+              for t, by_optimizer in results["train_loss_best_lr"].items()}  # fmt: skip
+    write_bytes_atomic(out / "loss_curves.png", loss_curves(curves))
     write_bytes_atomic(out / "report.md", render_report(results).encode())
     print(f"quickstart done in {results['wall_time_s']:.0f} s: report at {out / 'report.md'}")
     return 0

@@ -8,9 +8,11 @@ from pathlib import Path
 from l2o.cli.builders import build_estimator, build_optimizer, build_task, check_step, versions
 from l2o.cli.progress import progress_bar
 from l2o.cli.resources import Call, check_memory, run_bytes, run_values
+from l2o.cli.run_folder import claim
+from l2o.cli.stopping import check
 from l2o.evaluation.chunked_run import default_eval_every, summarize, train_in_chunks
 from l2o.evaluation.curves import MAX_CURVE_POINTS, block_size, block_steps
-from l2o.io import UserError, check_writable_dir, write_json_atomic, write_scalars
+from l2o.io import UserError, append_scalars, write_json_atomic
 
 EXIT_DIVERGED = 3
 
@@ -39,6 +41,7 @@ def run_train_command(
     seed: int,
     eval_every: int | None,
     out: Path,
+    overwrite: bool = False,
     grad: str = "backprop",
     grad_options: dict | None = None,
     max_memory: int | None = None,
@@ -67,16 +70,19 @@ def run_train_command(
     from baselines import optimizer_hparams
 
     hparams = {**optimizer_hparams(optimizer_name), **hparams}
-    out = check_writable_dir(out)
+    out = claim(out, overwrite=overwrite, can_resume=False)
 
+    label = f"{task_name} / {optimizer_name}"
     with progress_bar() as bar:
-        job = bar.add_task(f"{task_name} / {optimizer_name}", total=steps)
+        job = bar.add_task(f"{label} (compiling)", total=steps)
+
+        def on_chunk(done: int) -> None:
+            bar.update(job, completed=done, description=label)
+            check()  # stop here on Ctrl-C: between compiled chunks
+
         metrics, timings = train_in_chunks(
-            task, optimizer, steps, seed,
-            eval_every=eval_every,
-            grad_fn=grad_fn,
-            on_chunk=lambda done: bar.update(job, completed=done),
-        )  # fmt: skip
+            task, optimizer, steps, seed, eval_every=eval_every, grad_fn=grad_fn, on_chunk=on_chunk
+        )
 
     every = block_size(steps)
     final = summarize(metrics, every)
@@ -103,7 +109,7 @@ def run_train_command(
         "argv": sys.argv,
     }
     write_json_atomic(out / "results.json", results)
-    write_scalars(out, tensorboard_scalars(metrics, every, steps))
+    append_scalars(out, tensorboard_scalars(metrics, every, steps))
     if diverged is not None:
         print(
             f"l2o: error: training diverged: the train loss became non-finite at step {diverged} "

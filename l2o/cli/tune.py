@@ -17,8 +17,9 @@ from l2o.cli.builders import build_optimizer, build_task, check_step, versions
 from l2o.cli.config import check_hparams, load_yaml
 from l2o.cli.progress import progress_bar
 from l2o.cli.resources import Call, check_memory, run_bytes, run_values
+from l2o.cli.run_folder import claim
 from l2o.cli.train import EXIT_DIVERGED
-from l2o.io import UserError, check_writable_dir, remove_stale_temp_files, write_json_atomic
+from l2o.io import UserError, write_json_atomic
 
 METHODS = ("tpe", "random", "grid", "cmaes")
 JOURNAL = "study.journal"
@@ -75,6 +76,7 @@ def run_tune_command(
     seed: int = 0,
     out: Path,
     resume: bool = False,
+    overwrite: bool = False,
     task_options: dict | None = None,
     reports: int = 9,
     max_memory: int | None = None,
@@ -83,8 +85,9 @@ def run_tune_command(
 
     Training seeds are `seed, seed + 1, ...` (`seeds` of them); the tuner's own randomness is
     `key(seed)`. TPE keeps its study in `out/study.journal`: re-run with `resume=True` to
-    continue it up to `trials` complete or pruned trials. A run whose memory estimate
-    (`l2o.cli.resources`) is above `max_memory` is refused. Returns the exit code.
+    continue it up to `trials` complete or pruned trials; `overwrite=True` replaces the run in a
+    non-empty `out` (else refused). A run whose memory estimate (`l2o.cli.resources`) is above
+    `max_memory` is refused. Returns the exit code.
     """
     from baselines import get_optimizer, optimizer_hparams
     from search import spaces
@@ -99,11 +102,8 @@ def run_tune_command(
     allowed = list(optimizer_hparams(optimizer_name))  # unknown optimizer -> UnknownNameError
     task_overrides(task_name)  # unknown task -> UnknownNameError
     spec, space = read_space(Path(space_path), allowed)
-    journal = Path(out) / JOURNAL
     if resume and method != "tpe":
         raise UserError(f"--resume continues a TPE study; --method {method} runs in one go")
-    if method == "tpe" and journal.exists() and journal.stat().st_size and not resume:
-        raise UserError(f"{journal} holds a study: pass --resume to continue it, or another --out")
     task = build_task(task_name, task_options)
     centre = spaces.from_unit(space, np.full((1, len(space.dims)), 0.5))
     centre = {k: float(v[0]) for k, v in centre.items()}
@@ -117,9 +117,7 @@ def run_tune_command(
     kept = trials * (len(space.dims) + 4)  # each trial's record: number, params, value, state
     run = Call(run_bytes(task, [centre_optimizer])[0], population, run_values(steps, steps), kept)
     check_memory([run], max_memory, "--trials, --seeds or --steps")
-    out = check_writable_dir(out)
-    if resume:
-        remove_stale_temp_files(out)  # left by a killed run
+    out = claim(out, resume=resume, overwrite=overwrite, can_resume=method == "tpe")
 
     def make_optimizer(hparams):
         return get_optimizer(optimizer_name, **hparams)

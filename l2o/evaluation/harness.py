@@ -6,6 +6,7 @@ seconds per step of each optimizer, for wall-clock comparisons (`l2o.evaluation.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -273,17 +274,22 @@ def evaluate_pair(task: Task, spec: OptimizerSpec, suite: Suite) -> dict[str, An
 
 
 def evaluate_suite(
-    suite: Suite, on_pair: Callable[[str, str], None] = lambda task, optimizer: None
+    suite: Suite,
+    on_pair: Callable[[str, str], None] = lambda task, optimizer: None,
+    memo: Callable[[str, Callable[[], Any]], Any] = lambda key, compute: compute(),
 ) -> dict[str, dict[str, Any]]:
     """`evaluate_pair` for every task x optimizer: `results[task_key][optimizer_key]`.
 
-    `on_pair(task_key, optimizer_key)` is called after each pair.
+    `on_pair(task_key, optimizer_key)` is called after each pair; `memo("task/optimizer",
+    compute)` gives a pair's result (by default `compute()`; or one an earlier run saved).
     """
     results: dict[str, dict[str, Any]] = {}
     for task_spec in suite.tasks:
         task = get_task(task_spec.name, **task_spec.options)
         results[task_spec.key] = {}
         for spec in suite.optimizers:
-            results[task_spec.key][spec.key] = evaluate_pair(task, spec, suite)
+            results[task_spec.key][spec.key] = memo(
+                f"{task_spec.key}/{spec.key}", functools.partial(evaluate_pair, task, spec, suite)
+            )
             on_pair(task_spec.key, spec.key)
     return results

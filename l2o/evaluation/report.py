@@ -9,7 +9,7 @@ import numpy as np
 
 from l2o.evaluation import plots
 from l2o.evaluation.comparison import compare
-from l2o.io import write_bytes_atomic, write_scalars
+from l2o.io import append_scalars, write_bytes_atomic
 
 
 def _fmt(stats: dict | None, digits: int = 4) -> str:
@@ -215,7 +215,7 @@ def write_report(out: Path, results: dict[str, Any], *, tensorboard: bool = True
     )
     write_bytes_atomic(out / "performance_profile.png", profile_png)
     if tensorboard:
-        write_scalars(out, tensorboard_scalars(tasks))
+        append_scalars(out, tensorboard_scalars(tasks))
     write_bytes_atomic(out / "report.md", render_markdown(results).encode())
 
 

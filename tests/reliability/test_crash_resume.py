@@ -2,8 +2,9 @@
 `l2o tune --method tpe` with the same trials and best hyperparameters, and `l2o evolve` with the
 same best rule and evolution history, bit for bit, as a run that was never interrupted, in 10 of
 10 trials each. The moments are drawn from a seeded generator:
-some trials kill the moment a temporary file appears (a checkpoint, metrics, event, results or
-rule file being written), the others after a delay spread over the whole run. The commands run
+some trials kill the moment a temporary file appears (a checkpoint, metrics, results or rule
+file being written) or the run's events file grows (an append being synced), the others after a
+delay spread over the whole run. The commands run
 under a small harness that only slows `os.fsync` (and, for tuning, each validation report) by a
 few milliseconds, so that writes and trials last long enough to be hit. The other tuning methods run
 in one go and refuse `--resume`; grid, random and CMA-ES are covered by test_determinism.py.
@@ -29,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
 from l2o.meta import checkpoint
 
@@ -150,8 +152,24 @@ def progress_trigger(count, j: int, seconds: float, what: str):
     return trigger
 
 
-def events_files(out: Path) -> int:
-    return sum(e.name.startswith("events.out") for e in os.scandir(out))
+def event_appends():
+    """`count(out)`: the saves seen so far in the run's one events file (each save appends to it
+    or makes it: its size changes)."""
+    state = {"size": 0, "saves": 0}
+
+    def count(out: Path) -> int:
+        size = sum(e.stat().st_size for e in os.scandir(out) if e.name.startswith("events.out"))
+        if size != state["size"]:
+            state["size"], state["saves"] = size, state["saves"] + 1
+        return state["saves"]
+
+    return count
+
+
+def save_times(reference: Path) -> list[float]:
+    """When each save of a finished run happened: a save writes its events with one wall time."""
+    (events,) = reference.glob("events.out*")
+    return sorted({event.wall_time for event in EventFileLoader(str(events)).Load()})
 
 
 def journal_writes():
@@ -177,23 +195,25 @@ def triggers(kind: str, reference: Path) -> list:
     rng = random.Random(f"{kind}-kill-moments")
     out = []
     if kind == "meta":
-        saves = sorted(p.stat().st_mtime for p in reference.glob("events.out*"))
+        saves = save_times(reference)
         gap = median_gap(saves)
         for prefix in ["ckpt_", "meta_metrics", "events", "ckpt_"]:
-            out.append(temp_file_trigger(prefix, rng.randint(1, len(saves) - 1)))
+            k = rng.randint(1, len(saves) - 1)
+            out.append(progress_trigger(event_appends(), k + 1, 0, "events append")
+                       if prefix == "events" else temp_file_trigger(prefix, k))  # fmt: skip
         for _ in range(TRIALS - len(out)):
             j = rng.randint(0, len(saves) - 2)  # not after the last save: the run may end
-            out.append(progress_trigger(events_files, j, rng.uniform(0, gap), "save"))
+            out.append(progress_trigger(event_appends(), j, rng.uniform(0, gap), "save"))
         return out
     if kind == "evolve":  # one events file per checkpoint
-        saves = sorted(p.stat().st_mtime for p in reference.glob("events.out*"))
+        saves = save_times(reference)
         gap = median_gap(saves)
         for k in sorted(rng.sample(range(1, len(saves)), 2)):
             out.append(temp_file_trigger("evolve_", k))
         out += [temp_file_trigger("evolution.json", 1), temp_file_trigger("rule-", 1)]
         for _ in range(TRIALS - len(out)):
             j = rng.randint(0, len(saves) - 2)  # not after the last save: the run may end
-            out.append(progress_trigger(events_files, j, rng.uniform(0, gap), "save"))
+            out.append(progress_trigger(event_appends(), j, rng.uniform(0, gap), "save"))
         return out
     writes = len((reference / "study.journal").read_text().splitlines())
     for _ in range(4):  # the moment a journal line is appended

@@ -20,3 +20,24 @@ def test_log_progress_prints_plain_lines_at_its_interval_and_at_the_end(capsys):
 
 def test_a_captured_stderr_gets_log_lines_not_a_live_bar():
     assert isinstance(progress_bar(), LogProgress)
+
+
+def test_train_says_compiling_until_its_first_chunk_is_done(tmp_path, monkeypatch, capsys):
+    from l2o.cli import train
+    from l2o.cli.main import main
+
+    added = []
+
+    class Recording(LogProgress):
+        def add_task(self, description, **kwargs):
+            added.append(description)
+            return super().add_task(description, **kwargs)
+
+    bar = Recording(interval=0.0)  # a line at every update
+    monkeypatch.setattr(train, "progress_bar", lambda: bar)
+    argv = ["train", "--task", "rosenbrock", "--optimizer", "adam", "--steps", "6",
+            "--eval-every", "2", "--out", str(tmp_path / "run")]  # fmt: skip
+    assert main(argv) == 0
+    assert added == ["rosenbrock / adam (compiling)"]  # shown, with the time, until step 2
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("rosenbrock / adam: 2/6"), lines
