@@ -35,9 +35,10 @@ def check_writable_dir(path: str | os.PathLike) -> Path:
     """Create directory `path` if needed and check that files can be written in it."""
     try:
         path = Path(path).expanduser().resolve()
-    except (OSError, ValueError, RuntimeError) as e:  # a NUL in the path, a symlink loop
+        exists = path.exists()
+    except (OSError, ValueError, RuntimeError) as e:  # a NUL, a symlink loop, a name too long
         raise UserError(f"output path {str(path)!r} is not a valid path: {e}") from None
-    if path.exists() and not path.is_dir():
+    if exists and not path.is_dir():
         raise UserError(f"output path {path} exists and is not a directory")
     try:
         path.mkdir(parents=True, exist_ok=True)
