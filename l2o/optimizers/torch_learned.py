@@ -440,7 +440,21 @@ class _Learned(torch.optim.Optimizer):
         return closure_loss
 
 
-class LearnedMLP(_Learned):
+class _LearnedOverHorizon(_Learned):
+    """Common parts of the optimizers that read the training progress `step / num_steps` and
+    scale an Adam direction (the MLP and the hypernetwork): their config's moment decays and
+    output multipliers."""
+
+    def __init__(self, params, theta, config: dict, num_steps: int):
+        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+            raise ValueError(f"num_steps must be a positive int, got {num_steps!r}")
+        super().__init__(params, theta, {"num_steps": num_steps})
+        self.decays = tuple(config["decays"])
+        self.base = self.decays.index(config["base_decay"])
+        self.exp_mult, self.step_mult = config["exp_mult"], config["step_mult"]
+
+
+class LearnedMLP(_LearnedOverHorizon):
     r"""The per-parameter MLP learned optimizer (small_fc_lopt; `l2o.optimizers.mlp`).
 
     Per element, the MLP reads the gradient, the parameter and its momenta at `decays` (each
@@ -462,12 +476,7 @@ class LearnedMLP(_Learned):
     """
 
     def __init__(self, params, theta, config: dict, num_steps: int):
-        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
-            raise ValueError(f"num_steps must be a positive int, got {num_steps!r}")
-        super().__init__(params, theta, {"num_steps": num_steps})
-        self.decays = tuple(config["decays"])
-        self.base = self.decays.index(config["base_decay"])
-        self.exp_mult, self.step_mult = config["exp_mult"], config["step_mult"]
+        super().__init__(params, theta, config, num_steps)
         self.num_layers = len(config["hidden_sizes"]) + 1
 
     def _update(self, p, group, loss):
@@ -498,7 +507,7 @@ class LearnedMLP(_Learned):
         return -(torch.exp(self.exp_mult * out[1]) * (lr * direction + self.step_mult * out[0]))
 
 
-class LearnedHyper(_Learned):
+class LearnedHyper(_LearnedOverHorizon):
     r"""The VeLO-style hypernetwork learned optimizer (`l2o.optimizers.hyper`).
 
     Per step and tensor an LSTM reads the tensor's statistics, the 11 training-progress
@@ -522,12 +531,7 @@ class LearnedHyper(_Learned):
     """
 
     def __init__(self, params, theta, config: dict, num_steps: int):
-        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
-            raise ValueError(f"num_steps must be a positive int, got {num_steps!r}")
-        super().__init__(params, theta, {"num_steps": num_steps})
-        self.decays = tuple(config["decays"])
-        self.base = self.decays.index(config["base_decay"])
-        self.exp_mult, self.step_mult = config["exp_mult"], config["step_mult"]
+        super().__init__(params, theta, config, num_steps)
         self.lstm_size = config["lstm_size"]
         self.num_layers = len(config["mlp_hidden_sizes"]) + 1
 
