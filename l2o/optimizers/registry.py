@@ -10,6 +10,7 @@ from typing import Any, NamedTuple
 import jax
 import optax
 
+from l2o.optimizers.celo import CeloConfig, make_celo
 from l2o.optimizers.hyper import HyperConfig, make_hyper
 from l2o.optimizers.learnable_adam import LearnableAdamConfig, make_learnable_adam
 from l2o.optimizers.lstm import LSTMConfig, make_lstm
@@ -35,6 +36,7 @@ LEARNED_OPTIMIZERS: dict[str, Architecture] = {
     "mlp": Architecture(MLPConfig, make_mlp),
     "hyper": Architecture(HyperConfig, make_hyper),
     "learnable_adam": Architecture(LearnableAdamConfig, make_learnable_adam),
+    "celo": Architecture(CeloConfig, make_celo),
 }
 
 

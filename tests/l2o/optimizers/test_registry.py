@@ -18,7 +18,7 @@ from l2o.optimizers.registry import LEARNED_OPTIMIZERS, get_learned, make_config
 NAMES = sorted(LEARNED_OPTIMIZERS)
 QUADRATIC_STEPS = 2000
 ROSENBROCK_STEPS = 5000
-# Untrained, every optimizer starts as Adam(3e-3) (see each docstring); the last training loss
+# Untrained, every optimizer starts as Adam(3e-3) or Muon (see each docstring); the last training loss
 # must be at most this fraction of the first on (quadratic_k100, rosenbrock). Measured at key 0:
 # about 7.5e-4 and 7e-5 for each. A new entry of LEARNED_OPTIMIZERS must record its own.
 REDUCTION = {
@@ -26,7 +26,9 @@ REDUCTION = {
     "mlp": (1e-3, 1e-3),
     "hyper": (1e-3, 1e-3),
     "learnable_adam": (1e-3, 1e-3),
+    "celo": (0.03, 0.07),  # AdamW(1e-3) on these vector-only tasks: 0.014 and 0.036
 }
+ADAM_AT_INIT = [name for name in NAMES if name != "celo"]  # celo starts as Muon (test_celo.py)
 
 
 def reductions(name: str) -> tuple[float, float]:
@@ -177,7 +179,7 @@ def test_vmap_over_keys_matches_a_loop(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_vmap_over_thetas_matches_a_loop(name):
     init_theta, transform, _ = learned(name)
-    task = tasks.get_task("quadratic_k100")
+    task = small_task()  # a matrix: every architecture's theta acts on it
     keys = jax.random.split(jax.random.key(4), 3)
     thetas = jax.vmap(perturbed, in_axes=(None, 0))(learned(name)[2], keys)
 
@@ -213,9 +215,9 @@ def test_meta_gradient_of_a_short_unroll_is_finite(name):
         assert any(np.any(np.asarray(g) != 0) for g in jax.tree.leaves(grads))
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", ADAM_AT_INIT)
 def test_untrained_is_adam(name):
-    """The documented init: every learned optimizer starts as Adam(3e-3, b1=0.9, b2=0.999)."""
+    """The documented init: these learned optimizers start as Adam(3e-3, b1=0.9, b2=0.999)."""
     _, transform, theta = learned(name)
     params = mixed_task().init(jax.random.key(8))
     params = {k: v.astype(jnp.float32) for k, v in params.items()}
