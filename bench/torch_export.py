@@ -67,7 +67,7 @@ def optimizers(directory: Path) -> dict:
         cls = rule_class(program, directory, "".join(w.title() for w in stem.split("_")))
         makers[f"rule {stem}"] = lambda ps, cls=cls: cls(ps, lr=1e-3)
     files = {p.stem: p for p in sorted(PRETRAINED.glob("*.safetensors"))}
-    for name in ("hyper", "lstm", "learnable_adam"):
+    for name in ("hyper", "lstm", "learnable_adam", "celo"):
         init_theta, _ = get_learned(name)
         theta = init_theta(jax.random.key(0))
         files[f"{name} (default config)"] = save_learned(

@@ -7,11 +7,12 @@ little-endian header length, a JSON header, float32 data), checks it completely 
 (format, architecture, config, every leaf's name, shape, dtype and offsets, the file size,
 finite values and the sha256 of its content) and returns the optimizer of its architecture: the
 per-parameter MLP (`LearnedMLP`), the VeLO-style hypernetwork (`LearnedHyper`), the
-coordinatewise LSTM (`LearnedLSTM`) or Adam with learned hyperparameters (`LearnableAdam`). Each
-computes what the optax transform of the same file computes, in float32 whatever the
-parameters' dtype; its state is created at a parameter's first step, on the parameter's device.
-The training fraction `t / T` that the MLP and the hypernetwork read counts a parameter's
-updates `t` against `num_steps` `T` (per parameter group; the file's `horizon` by default).
+coordinatewise LSTM (`LearnedLSTM`), Adam with learned hyperparameters (`LearnableAdam`) or the
+Celo2-style optimizer (`LearnedCelo`). Each computes what the optax transform of the same file
+computes, in float32 whatever the parameters' dtype; its state is created at a parameter's first
+step, on the parameter's device. The training fraction `t / T` that the MLP, the hypernetwork
+and Celo read counts a parameter's updates `t` against `num_steps` `T` (per parameter group; the
+file's `horizon` by default).
 """
 
 from __future__ import annotations
@@ -33,6 +34,12 @@ LOSS_DECAYS = (0.5, 0.9, 0.99)
 RANK_BUCKETS = 5
 NUM_LOSS_FEATURES = 3
 EPS_ROOT = 1e-16
+NS_COEFFS = (3.4445, -4.7750, 2.0315)
+"""Newton-Schulz's quintic coefficients (`baselines.muon.NS_COEFFS`)."""
+NUM_CELO_INPUTS = 10
+CELO_KEYS = {"hidden_sizes", "decays", "learning_rate", "weight_decay", "matrix_mult",
+             "orthogonalize", "normalize", "scheduler_hidden", "horizon"}  # fmt: skip
+LAYOUTS = ("torch", "haiku")
 METADATA_KEYS = {"format", "format_version", "architecture", "config", "metadata"}
 
 
@@ -116,6 +123,24 @@ def _mlp_shapes(sizes, prefix: str = "", leading: tuple[int, ...] = ()) -> dict:
     return shapes
 
 
+def _check_celo(config: dict) -> None:
+    """ValueError unless `config` holds exactly `CeloConfig`'s keys with values it accepts."""
+    if set(config) != CELO_KEYS:
+        raise ValueError(f"celo config keys must be {', '.join(sorted(CELO_KEYS))}")
+    decays = _numbers(config, "decays")
+    if len(decays) != 3 or not all(0 <= d < 1 for d in decays):
+        raise ValueError("config 'decays' must be three numbers in [0, 1)")
+    _numbers(config, "hidden_sizes", sizes=True), _int(config, "horizon")
+    _int(config, "scheduler_hidden", low=0)
+    if not (_float(config, "learning_rate") > 0 and _float(config, "matrix_mult") > 0):
+        raise ValueError("config 'learning_rate' and 'matrix_mult' must be > 0")
+    if not _float(config, "weight_decay") >= 0:
+        raise ValueError("config 'weight_decay' must be >= 0")
+    for key in ("orthogonalize", "normalize"):
+        if not isinstance(config[key], bool):
+            raise ValueError(f"config {key!r} must be a bool")
+
+
 def expected_shapes(name: str, config: dict) -> dict[str, tuple[int, ...]]:
     """Leaf path -> shape of every meta-parameter of architecture `name` with `config` (the
     file's config: every key present); ValueError for an unknown name or a malformed config."""
@@ -162,7 +187,18 @@ def expected_shapes(name: str, config: dict) -> dict[str, tuple[int, ...]]:
         return shapes
     if name == "learnable_adam":
         return {key: () for key in ("log_lr", "logit_b1", "logit_b2", "log_eps")}
-    raise ValueError(f"unknown architecture {name!r:.40}; valid: hyper, learnable_adam, lstm, mlp")
+    if name == "celo":
+        _check_celo(config)
+        sizes = (NUM_CELO_INPUTS + len(PROGRESS_TIMESCALES), *config["hidden_sizes"], 1)
+        shapes, n = _mlp_shapes(sizes), config["scheduler_hidden"]
+        if n:
+            num_inputs = NUM_LOSS_FEATURES + len(PROGRESS_TIMESCALES)
+            shapes |= {"sched_u": (n, n), "sched_v": (num_inputs, n), "sched_e": (n,),
+                       "sched_w": (n,), "sched_b": ()}  # fmt: skip
+        return shapes
+    raise ValueError(
+        f"unknown architecture {name!r:.40}; valid: celo, hyper, learnable_adam, lstm, mlp"
+    )
 
 
 def _read(path) -> tuple[str, dict, dict[str, torch.Tensor]]:
@@ -260,8 +296,10 @@ def load(path, params, num_steps: int | None = None) -> torch.optim.Optimizer:
     Args:
       path: a learned-optimizer file (`.safetensors`).
       params: the parameters, or dicts of parameter groups.
-      num_steps: the training length `T` of the training fraction (MLP and hypernetwork; the
-        file's `horizon` by default).
+      num_steps: the training length `T` of the training fraction (MLP, hypernetwork and Celo;
+        the file's `horizon` by default).
+
+    Celo's parameter groups may set `layout` and `embedding` (see `LearnedCelo`).
     """
     name, config, theta = read_learned(path)
     if name == "learnable_adam":
@@ -269,7 +307,8 @@ def load(path, params, num_steps: int | None = None) -> torch.optim.Optimizer:
     if name == "lstm":
         return LearnedLSTM(params, theta, config)
     horizon = config["horizon"] if num_steps is None else num_steps
-    return (LearnedMLP if name == "mlp" else LearnedHyper)(params, theta, config, horizon)
+    cls = {"mlp": LearnedMLP, "hyper": LearnedHyper, "celo": LearnedCelo}[name]
+    return cls(params, theta, config, horizon)
 
 
 # Features (l2o.optimizers.features), on tensors flattened to `[n]` and channels `[C, n]`.
@@ -327,6 +366,44 @@ def _mlp(weights: dict, x: torch.Tensor, num_layers: int, start: int = 1) -> tor
         if i < num_layers - 1:
             x = torch.relu_(x)
     return x
+
+
+def _matrix(x: torch.Tensor, shape, layout: str) -> torch.Tensor:
+    """`x [n]` of a tensor of `shape` as its `(fan_in, fan_out)` matrix: fan_out is the last
+    axis in the haiku layout, the first in the torch layout (`nn.Linear` `[out, in]`, conv
+    `[out, in, *kernel]`); the other axes fold into fan_in. A view of `x`."""
+    if layout == "haiku":
+        return x.reshape(math.prod(shape[:-1]), shape[-1])
+    return x.reshape(shape[0], math.prod(shape[1:])).T
+
+
+def _unmatrix(m: torch.Tensor, layout: str) -> torch.Tensor:
+    """The inverse of `_matrix`: the `[n]` elements of a `(fan_in, fan_out)` matrix."""
+    return (m if layout == "haiku" else m.T).reshape(-1)
+
+
+def _factored_rsqrt(nu: torch.Tensor, shape, layout: str, eps: float = 1e-30) -> torch.Tensor:
+    """Adafactor's `(r_i c_j / mean(r))^(-1/2)` of `nu` as a `(fan_in, fan_out)` matrix (`r`,
+    `c` its row and column means; `celo.factored_rsqrt`); `nu^(-1/2)` below rank 2."""
+    if len(shape) < 2:
+        return torch.rsqrt(nu + eps)
+    m = _matrix(nu, shape, layout)
+    row, col = torch.mean(m, dim=1, keepdim=True), torch.mean(m, dim=0, keepdim=True)
+    return _unmatrix(torch.rsqrt(row * col / (torch.mean(row) + eps) + eps), layout)
+
+
+def _newton_schulz(x: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.Tensor:
+    """About `U V^T` of the matrix `x = U S V^T` (`baselines.muon.newton_schulz`): `steps`
+    quintic iterations `X <- a X + (b A + c A^2) X`, `A = X X^T` on the smaller Gram matrix,
+    from `X = x / (||x||_F + eps)`."""
+    a, b, c = NS_COEFFS
+    wide = x.shape[0] <= x.shape[1]
+    X = x if wide else x.T
+    X = X / (torch.linalg.norm(X) + eps)
+    for _ in range(steps):
+        A = X @ X.T
+        X = torch.addmm(X, torch.addmm(A, A, A, beta=b, alpha=c), X, beta=a)
+    return X if wide else X.T
 
 
 def _lstm_cell(x, h, c, w_x, w_h, b) -> tuple[torch.Tensor, torch.Tensor]:
@@ -441,17 +518,18 @@ class _Learned(torch.optim.Optimizer):
 
 
 class _LearnedOverHorizon(_Learned):
-    """Common parts of the optimizers that read the training progress `step / num_steps` and
-    scale an Adam direction (the MLP and the hypernetwork): their config's moment decays and
-    output multipliers."""
+    """Common parts of the optimizers that read the training progress `step / num_steps` (the
+    MLP, the hypernetwork and Celo): the group default `num_steps` (and `defaults`), the
+    config's moment decays and the output multipliers of those that scale an Adam direction."""
 
-    def __init__(self, params, theta, config: dict, num_steps: int):
+    def __init__(self, params, theta, config: dict, num_steps: int, **defaults):
         if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
             raise ValueError(f"num_steps must be a positive int, got {num_steps!r}")
-        super().__init__(params, theta, {"num_steps": num_steps})
+        super().__init__(params, theta, {"num_steps": num_steps, **defaults})
         self.decays = tuple(config["decays"])
-        self.base = self.decays.index(config["base_decay"])
-        self.exp_mult, self.step_mult = config["exp_mult"], config["step_mult"]
+        if "base_decay" in config:  # the MLP and the hypernetwork
+            self.base = self.decays.index(config["base_decay"])
+            self.exp_mult, self.step_mult = config["exp_mult"], config["step_mult"]
 
 
 class LearnedMLP(_LearnedOverHorizon):
@@ -678,3 +756,133 @@ class LearnableAdam(_Learned):
         state["nu"] = b2 * state["nu"] + (1 - b2) * (g * g)
         m_hat, v_hat = state["mu"] / (1 - b1**t), state["nu"] / (1 - b2**t)
         return -lr * m_hat / (torch.sqrt(v_hat + EPS_ROOT) + eps)
+
+
+class LearnedCelo(_LearnedOverHorizon):
+    r"""The Celo2-style learned optimizer (`l2o.optimizers.celo`).
+
+    Per element, a ReLU MLP reads 10 channels, each divided by its RMS over the tensor (the
+    gradient, the momenta at the three `decays`, their Adam ratios, :math:`g / \sqrt{\nu}`, and
+    the gradient and first momentum under Adafactor's factored second moment), with 11 tanh
+    embeddings of the training fraction :math:`t / T`; its output corrects Adam's direction
+    :math:`a` (first decay) and :math:`d` is the sum, divided by its RMS over the tensor with
+    `normalize`. A matrix :math:`W` (fan_in :math:`\times` fan_out) steps along the Newton-Schulz
+    orthogonalization of :math:`d`; vectors, scalars and embeddings along :math:`a`:
+
+    .. math::
+
+        \Delta W = -\eta_t \left(c \sqrt{n_\mathrm{out}/n_\mathrm{in}} \,
+        \mathrm{NS}_5(d) + \lambda W\right), \qquad \Delta b = -\eta_t (a + \lambda b)
+
+    (with `orthogonalize` false, every tensor steps along :math:`d`). :math:`\eta_t` is the
+    config's `learning_rate`, times :math:`\exp(\mathrm{clip}(w^\top h_t + b, -5, 5))` with the
+    learned scheduler (`scheduler_hidden` > 0), :math:`h_t = \tanh(U h_{t-1} + V z_t + e)`,
+    :math:`z_t` the loss features and the progress embedding: pass the training loss as
+    `step(loss=...)` or through a closure (else the loss features are zero). The scheduler's
+    state is kept per parameter (as the hypernetwork's): parameters stepped together share its
+    learning rate.
+
+    Parameter-group keys:
+
+    - `layout`: which axis of a tensor of rank >= 2 is fan_out, the others folding into
+      fan_in. `"torch"` (the default): the first, as in `nn.Linear` (`[out, in]`) and
+      `nn.Conv*d` (`[out, in, *kernel]`) weights. `"haiku"`: the last, as the optax transform
+      reads haiku's `[in, out]` and `[*kernel, in, out]` (the same tensors give the same
+      updates). The layout sets the scale :math:`\sqrt{n_\mathrm{out}/n_\mathrm{in}}` and the
+      rows and columns of the factored second moment; the torch layout on the transposed
+      tensor (`W.T`, or the axes reversed) gives the haiku layout's update transposed.
+    - `embedding`: True to give the group's tensors the vector rule (AdamW's direction), as
+      the optax transform does to a parameter whose path contains `embed`; put
+      `nn.Embedding` weights (and any matrix that should not be orthogonalized) in such a
+      group. By default every tensor of rank >= 2 takes the matrix rule.
+
+    Args:
+      params: the parameters, or dicts of parameter groups.
+      theta: the meta-parameters (`read_learned`).
+      config: the file's config.
+      num_steps: :math:`T` (per group).
+      layout: the groups' default `layout`.
+    """
+
+    def __init__(self, params, theta, config: dict, num_steps: int, layout: str = "torch"):
+        self._check_options(layout, False)
+        super().__init__(params, theta, config, num_steps, layout=layout, embedding=False)
+        self.num_layers = len(config["hidden_sizes"]) + 1
+        self.hidden = config["scheduler_hidden"]
+        self.learning_rate, self.weight_decay = config["learning_rate"], config["weight_decay"]
+        self.matrix_mult = config["matrix_mult"]
+        self.orthogonalize, self.normalize = config["orthogonalize"], config["normalize"]
+
+    @staticmethod
+    def _check_options(layout, embedding) -> None:
+        if not isinstance(layout, str) or layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r:.40}")
+        if not isinstance(embedding, bool):
+            raise ValueError(f"embedding must be a bool, got {embedding!r:.40}")
+
+    def add_param_group(self, param_group: dict) -> None:
+        """`torch.optim.Optimizer.add_param_group`, checking the group's `layout` and
+        `embedding`."""
+        if isinstance(param_group, dict):
+            self._check_options(
+                param_group.get("layout", self.defaults["layout"]),
+                param_group.get("embedding", self.defaults["embedding"]),
+            )
+        super().add_param_group(param_group)
+
+    def _update(self, p, group, loss):
+        theta, device = self.theta(p.device), p.device
+        state, g, w = self.state[p], _f32(p.grad), _f32(p)
+        if not state:
+            state["step"] = 0
+            state["mu"] = torch.zeros(
+                (len(self.decays), g.numel()), dtype=torch.float32, device=device
+            )
+            state["nu"] = torch.zeros_like(g)
+            if self.hidden:
+                state["h"] = torch.zeros(self.hidden, dtype=torch.float32, device=device)
+                state["loss_ema"] = torch.zeros(
+                    len(LOSS_DECAYS), dtype=torch.float32, device=device
+                )
+                state["loss_count"] = 0
+                state["loss_min"] = torch.tensor(1e30, dtype=torch.float32, device=device)
+        decays = _column(self.decays, device)
+        mu, nu = state["mu"], state["nu"]
+        _update_moments(mu, nu, g, decays)
+        embedding = _progress_embedding(state["step"], group["num_steps"], device)
+        state["step"] += 1
+        count = torch.tensor(float(state["step"]), dtype=torch.float32, device=device)
+        lr = torch.tensor(self.learning_rate, dtype=torch.float32, device=device)
+        if self.hidden:
+            _update_loss(state, None if loss is None else torch.as_tensor(loss).float().to(device))
+            z = torch.cat([_loss_features(state), embedding])
+            h = torch.tanh(state["h"] @ theta["sched_u"] + z @ theta["sched_v"] + theta["sched_e"])
+            state["h"] = h
+            lr = lr * torch.exp(torch.clamp(h @ theta["sched_w"] + theta["sched_b"], -5.0, 5.0))
+        matrix = p.ndim >= 2 and not group["embedding"]
+        if matrix or not self.orthogonalize:
+            ratios = _adam_directions(mu, nu, count, decays)
+            factored = _factored_rsqrt(nu, p.shape, group["layout"])
+            x = torch.cat([
+                g[None], mu, ratios, (g * torch.rsqrt(nu + EPS_ROOT))[None],
+                (g * factored)[None], (mu[0] * factored)[None],
+            ])  # fmt: skip
+            first_bias = theta["b0"] + embedding @ theta["w0"][NUM_CELO_INPUTS:]
+            w_first = theta["w0"][:NUM_CELO_INPUTS] * _channel_scale(x)[:, None]
+            h0 = torch.addmm(first_bias[:, None], w_first.T, x)
+            out = _mlp(theta, torch.relu_(h0), self.num_layers) if self.num_layers > 1 else h0
+            d = ratios[0] + out[0]
+            if self.normalize:
+                d = d * torch.rsqrt(1e-12 + torch.mean(d * d))
+            if matrix and self.orthogonalize:
+                m = _newton_schulz(_matrix(d, p.shape, group["layout"]))
+                d = (
+                    self.matrix_mult
+                    * math.sqrt(m.shape[1] / m.shape[0])
+                    * _unmatrix(m, group["layout"])
+                )
+        else:
+            d = _adam_directions(mu[:1], nu, count, decays[:1])[0]
+        if self.weight_decay:
+            d = d + self.weight_decay * w
+        return -(lr * d)
