@@ -37,7 +37,7 @@ def newton_schulz(
     a, b, c = ns_coeffs
     wide = x.shape[0] <= x.shape[1]  # iterate on the smaller Gram matrix X X^T
     X = x if wide else x.T
-    X = X / (jnp.linalg.norm(X) + eps)
+    X = X / (jnp.sqrt(jnp.sum(jnp.square(X)) + 1e-30) + eps)  # a finite derivative at 0
 
     def iteration(_, X):
         A = X @ X.T

@@ -119,8 +119,10 @@ def mlp_classifier(
     initializer: str = "he",
     batch_size: int = 128,
     name: str | None = None,
+    eval_batch_size: int = 10_000,
 ) -> Task:
-    """An MLP classifier on `dataset` (see DATASETS), optionally resized/grey-scaled."""
+    """An MLP classifier on `dataset` (see DATASETS), optionally resized/grey-scaled; an
+    evaluation uses a split whole up to `eval_batch_size` examples, else a random batch."""
     splits = load_splits(dataset, size, grey)
     num_classes = int(splits["train"][1].max()) + 1
     hidden = tuple(int(h) for h in hidden)
@@ -135,7 +137,10 @@ def mlp_classifier(
         )
 
     default = f"{dataset}{size or ''}_mlp_{'x'.join(map(str, hidden)) or 'linear'}_{activation}"
-    return classification_task(name or default, splits, net, batch_size=batch_size, layered=layered)
+    return classification_task(
+        name or default, splits, net, batch_size=batch_size, eval_batch_size=eval_batch_size,
+        layered=layered,
+    )  # fmt: skip
 
 
 def cnn_classifier(

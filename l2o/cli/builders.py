@@ -37,6 +37,27 @@ def build_task(name: str, options: dict):
         raise UserError(f"cannot build task {name!r} with options {options}: {message}") from None
 
 
+def build_family_tasks(spec) -> dict:
+    """The tasks a `FamilySpec` draws, by `label`: `i:NAME` for the i-th draw; configs on the
+    host from `fold_in(key(seed), i)`. A bad family option is a UserError."""
+    import jax
+
+    from tasks.families import get_family
+
+    try:
+        family = get_family(spec.name, **spec.options)
+    except (TypeError, ValueError) as e:
+        if type(e).__name__ == "UnknownNameError":
+            raise
+        raise UserError(f"cannot build task family {spec.name!r}: {e}") from None
+    out = {}
+    for i in range(spec.num_tasks):
+        config = family.sample(jax.random.fold_in(jax.random.key(spec.seed), i))
+        task = family.task(config)
+        out[f"{i}:{task.name}"] = task
+    return out
+
+
 def build_optimizer(name: str, hparams: dict):
     """`baselines.get_optimizer`, turning a bad hyperparameter value into a UserError."""
     from baselines import get_optimizer

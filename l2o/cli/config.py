@@ -25,6 +25,7 @@ from l2o.io import UserError
 from l2o.meta.estimators import EstimatorConfig
 from l2o.meta.objective import MetaObjective
 from l2o.meta.types import OuterConfig
+from l2o.optimizers.file_format import external_learning_rate
 from tasks import list_tasks
 from tasks.registry import task_overrides
 
@@ -131,13 +132,20 @@ def _file_spec(entry: Mapping[str, Any], where: str) -> OptimizerSpec:
     path = entry["file"]
     if not isinstance(path, str) or not path.endswith((RULE_SUFFIX, LEARNED_SUFFIX)):
         raise UserError(f"{where}.file must be a path ending in {RULE_SUFFIX} or {LEARNED_SUFFIX}")
-    tune = entry.get("tune_lr", path.endswith(RULE_SUFFIX))
-    if not isinstance(tune, bool):
-        raise UserError(f"{where}.tune_lr must be true or false, got {tune!r}")
-    if tune and path.endswith(LEARNED_SUFFIX):
-        raise UserError(f"{where}: a meta-trained optimizer has no learning rate to tune")
     if not Path(path).is_file():
         raise UserError(f"{where}: no optimizer file {path}")
+    external = False
+    if path.endswith(LEARNED_SUFFIX):
+        try:
+            external = external_learning_rate(path) is not None
+        except ValueError as e:
+            raise UserError(f"{where}: {' '.join(str(e).split())}") from None
+    tune = entry.get("tune_lr", path.endswith(RULE_SUFFIX) or external)
+    if not isinstance(tune, bool):
+        raise UserError(f"{where}.tune_lr must be true or false, got {tune!r}")
+    if tune and path.endswith(LEARNED_SUFFIX) and not external:
+        raise UserError(f"{where}: this meta-trained optimizer learned its step size; it has no "
+                        "learning rate to tune")  # fmt: skip
     stem = Path(path).name.removesuffix(RULE_SUFFIX).removesuffix(LEARNED_SUFFIX)
     spec = OptimizerSpec(stem, {}, tune, str(entry.get("label", "")), path)
     try:
@@ -294,10 +302,41 @@ class MetaRun:
     outer: OuterConfig
     checkpoint_every: int = 50
     eval_every: int = 100
+    family: FamilySpec | None = None
 
 
-META_KEYS = {"optimizer", "tasks", "estimator", "objective", "outer", "checkpoint_every",
-             "eval_every"}  # fmt: skip
+@dataclasses.dataclass(frozen=True)
+class FamilySpec:
+    """`num_tasks` tasks drawn from task family `name` (`tasks.families`) with keys from `seed`."""
+
+    name: str
+    num_tasks: int
+    seed: int = 0
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+MAX_FAMILY_TASKS = 64
+META_KEYS = {"optimizer", "tasks", "family", "estimator", "objective", "outer",
+             "checkpoint_every", "eval_every"}  # fmt: skip
+
+
+def parse_family(entry: Any, where: str) -> FamilySpec:
+    """A `family` entry: {name, num_tasks, seed, options}."""
+    from tasks.families import list_families
+
+    entry = _mapping(entry, where)
+    check_keys(entry, {"name", "num_tasks", "seed", "options"}, where)
+    if entry.get("name") not in list_families():
+        raise UserError(f"{where}: unknown task family {entry.get('name')!r}; valid: "
+                        f"{', '.join(list_families())}")  # fmt: skip
+    num_tasks = number(entry.get("num_tasks"), f"{where}.num_tasks", integer=True)
+    if num_tasks > MAX_FAMILY_TASKS:
+        raise UserError(f"{where}.num_tasks must be at most {MAX_FAMILY_TASKS}, got {num_tasks}")
+    seed = number(entry.get("seed", 0), f"{where}.seed", integer=True, positive=False)
+    if seed < 0:
+        raise UserError(f"{where}.seed must be >= 0, got {seed}")
+    options = _mapping(entry.get("options"), f"{where}.options")
+    return FamilySpec(entry["name"], num_tasks, seed, options)
 
 
 def _dataclass_from(cls, data: Any, where: str):
@@ -330,12 +369,14 @@ def parse_meta_run(data: Mapping[str, Any], where: str = "config") -> MetaRun:
         make_config(opt["name"], **optimizer_config)
     except (TypeError, ValueError) as e:
         raise UserError(f"{where}.optimizer.config: {' '.join(str(e).split())}") from None
-    if not isinstance(data.get("tasks"), list) or not data["tasks"]:
-        raise UserError(f"{where}: 'tasks' must be a non-empty list")
+    task_list = data.get("tasks", [] if "family" in data else None)
+    if not isinstance(task_list, list) or not (task_list or "family" in data):
+        raise UserError(f"{where}: 'tasks' must be a non-empty list (or give a 'family')")
     run = MetaRun(
         optimizer=opt["name"],
         optimizer_config=optimizer_config,
-        tasks=tuple(parse_task(t, f"{where}.tasks[{i}]") for i, t in enumerate(data["tasks"])),
+        tasks=tuple(parse_task(t, f"{where}.tasks[{i}]") for i, t in enumerate(task_list)),
+        family=parse_family(data["family"], f"{where}.family") if "family" in data else None,
         estimator=_dataclass_from(EstimatorConfig, data.get("estimator"), f"{where}.estimator"),
         objective=_dataclass_from(MetaObjective, data.get("objective"), f"{where}.objective"),
         outer=_dataclass_from(OuterConfig, data.get("outer"), f"{where}.outer"),

@@ -13,7 +13,14 @@ import jax
 import numpy as np
 from rich.progress import Progress
 
-from l2o.cli.builders import build_task, check_resumable, check_step, path_exists, versions
+from l2o.cli.builders import (
+    build_family_tasks,
+    build_task,
+    check_resumable,
+    check_step,
+    path_exists,
+    versions,
+)
 from l2o.cli.config import MetaRun, load_yaml, parse_meta_run
 from l2o.cli.distributed import broadcast_from_writer, is_writer, on_writer
 from l2o.cli.progress import progress_bar
@@ -136,6 +143,8 @@ def run_meta_train_command(
     if steps is not None:
         run = dataclasses.replace(run, outer=dataclasses.replace(run.outer, steps=steps))
     tasks = {spec.key: build_task(spec.name, dict(spec.options)) for spec in run.tasks}
+    if run.family is not None:
+        tasks.update(build_family_tasks(run.family))
     try:
         init_theta, transform = get_learned(run.optimizer, **run.optimizer_config)
     except (TypeError, ValueError) as e:
@@ -244,6 +253,7 @@ def run_meta_train_command(
         "command": "meta-train",
         "config": data,
         "seed": run.outer.seed,
+        "tasks": list(tasks),
         "final": history[-1] if history else {},
         "mean_penalized_fraction": penalized,
         "wall_time_s": time.perf_counter() - t0,

@@ -18,7 +18,7 @@ import optax
 from baselines import get_optimizer, optimizer_hparams
 from baselines.schedules import cosine, warmup
 from l2o.evaluation import metrics
-from l2o.optimizers.file_format import load_optimizer
+from l2o.optimizers.file_format import at_learning_rate, external_learning_rate, load_optimizer
 from search.interpreter import program_transform
 from search.rule_file import default_learning_rate, read_rule
 from search.sweep import log_grid, population_sweep, select_best
@@ -116,11 +116,19 @@ def learning_rate_schedule(spec: OptimizerSpec, learning_rate, num_steps: int):
 
 def optimizer_factory(spec: OptimizerSpec, num_steps: int = 1000) -> tuple[Callable, float]:
     """`make(learning_rate) -> optax transform` for a spec whose schedule spans `num_steps`, and
-    its untuned learning rate (NaN for a meta-trained optimizer, which has none). Files are read
-    and checked here."""
+    its untuned learning rate (NaN for a meta-trained optimizer that learned its step size;
+    the stored default for one whose learning rate is external). Files are read and checked
+    here."""
     if spec.file.endswith(LEARNED_SUFFIX):
-        learned = load_optimizer(spec.file)
-        return (lambda learning_rate: learned), float("nan")
+        learned, default = load_optimizer(spec.file), external_learning_rate(spec.file)
+        if default is None:
+            return (lambda learning_rate: learned), float("nan")
+
+        def make_learned(learning_rate) -> optax.GradientTransformation:
+            schedule = learning_rate_schedule(spec, learning_rate, num_steps)
+            return at_learning_rate(learned, default, schedule)
+
+        return make_learned, default
     if spec.file.endswith(RULE_SUFFIX):
         program, metadata = read_rule(spec.file)  # read and checked once
         default = default_learning_rate(spec.file, metadata)

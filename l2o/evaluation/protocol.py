@@ -16,7 +16,7 @@ from baselines import get_optimizer
 from baselines.schedules import cosine, warmup
 from l2o.evaluation import speedups
 from l2o.evaluation.harness import LEARNED_SUFFIX, OptimizerSpec, optimizer_factory
-from l2o.optimizers.file_format import load_optimizer
+from l2o.optimizers.file_format import at_learning_rate, external_learning_rate, load_optimizer
 from search.interpreter import program_transform
 from search.quasirandom import quasirandom_trials, study_trials
 from search.rule_file import read_rule
@@ -53,8 +53,10 @@ def _spec(optimizer: OptimizerSpec | str) -> OptimizerSpec:
 
 
 def has_learning_rate(optimizer: OptimizerSpec | str) -> bool:
-    """False for a meta-trained optimizer (a `.safetensors` file), which has nothing to tune."""
-    return not _spec(optimizer).file.endswith(LEARNED_SUFFIX)
+    """False for a meta-trained optimizer (a `.safetensors` file) that learned its step size,
+    which has nothing to tune."""
+    spec = _spec(optimizer)
+    return not spec.file.endswith(LEARNED_SUFFIX) or external_learning_rate(spec.file) is not None
 
 
 def default_trial(optimizer: OptimizerSpec | str) -> dict[str, float]:
@@ -94,9 +96,11 @@ def trial_optimizer(optimizer: OptimizerSpec | str, num_steps: int) -> MakeTrial
     learning rate is warmed up over the `warmup` fraction of `num_steps`, then cosine-decayed to
     0 (a trial without `warmup` keeps it constant). Values may be traced."""
     spec = _spec(optimizer)
+    learned, default = None, None
     if spec.file.endswith(LEARNED_SUFFIX):
-        learned = load_optimizer(spec.file)
-        return lambda trial: learned
+        learned, default = load_optimizer(spec.file), external_learning_rate(spec.file)
+        if default is None:
+            return lambda trial: learned
     program = read_rule(spec.file)[0] if spec.file else None
     fixed = {k: v for k, v in spec.hparams.items() if k != "learning_rate"}
 
@@ -105,6 +109,8 @@ def trial_optimizer(optimizer: OptimizerSpec | str, num_steps: int) -> MakeTrial
         if "warmup" in trial:
             warmup_steps = trial["warmup"] * num_steps
             learning_rate = warmup(cosine(learning_rate, num_steps - warmup_steps), warmup_steps)
+        if learned is not None:
+            return at_learning_rate(learned, default, learning_rate)
         if program is not None:
             return program_transform(program, learning_rate)
         hparams = {k: v for k, v in trial.items() if k not in ("learning_rate", "warmup")}

@@ -8,9 +8,9 @@
 - truncated backprop through time: `jax.grad` through one truncation (biased, low variance).
 
 Each estimator is `init(theta, key) -> state` and `estimate(theta, state, key) -> (grad, state,
-metrics)`, with the `T` tasks of a batch and their particles vmapped in one call and split over
-the devices of a mesh (`tasks.sharding`; the estimates equal the single-device ones up to float
-rounding).
+metrics)` (both take the task's dataset as `data=`, to pass it as a jit argument), with the `T`
+tasks of a batch and their particles vmapped in one call and split over the devices of a mesh
+(`tasks.sharding`; the estimates equal the single-device ones up to float rounding).
 """
 
 from __future__ import annotations
@@ -127,6 +127,20 @@ def _scale(tree, factor):
     return jax.tree.map(lambda x: x * factor, tree)
 
 
+def _with_data(task: Task, init, estimate) -> Estimator:
+    """The estimator of `init(task, theta, key)` and `estimate(task, theta, state, key)` on
+    `task`, whose dataset may be passed as `data=` (a `jax.jit` argument: a dataset closed over
+    would be baked into the compiled program as a constant, slow to compile)."""
+
+    def of(data):
+        return task if data is None else task.replace(data=data)
+
+    return Estimator(
+        lambda theta, key, *, data=None: init(of(data), theta, key),
+        lambda theta, state, key, *, data=None: estimate(of(data), theta, state, key),
+    )
+
+
 def make_estimator(
     task: Task,
     transform: Transform,
@@ -134,9 +148,11 @@ def make_estimator(
     config: EstimatorConfig,
     *,
     mesh: Mesh | None = None,
+    reference: jax.Array | None = None,
 ) -> Estimator:
     """The estimator `config.name` for `transform` on `task` under the objective `obj`; the
-    inner runs (particles) are split over the devices of `mesh` (default: every device)."""
+    inner runs (particles) are split over the devices of `mesh` (default: every device).
+    `reference` is the task's AdamW curve for `normalizer: adamw` (`l2o.meta.reference`)."""
     T, N, sigma = config.num_tasks, config.num_pairs, config.sigma
     mesh = device_mesh() if mesh is None else mesh
 
@@ -144,105 +160,114 @@ def make_estimator(
         """Noise on every device, so that its sums over particles round as on one device."""
         return jax.lax.with_sharding_constraint(tree, replicated(mesh))
 
-    def loss(theta, key, run):
-        return truncation_loss(task, transform, obj, theta, key, run)
+    def loss(task, theta, key, run):
+        return truncation_loss(task, transform, obj, theta, key, run, reference)
 
     def add(theta, eps, sign):
         return jax.tree.map(lambda t, e: t + sign * e, theta, eps)
 
     if config.name == "pes":
 
-        def init(theta, key):
+        def init(task, theta, key):
             keys = _grid_keys(key, (T, N))
             runs = _batched(lambda k: start_run(task, transform, theta, k, obj), 2)(keys)
             zeros = jax.tree.map(lambda x: jnp.zeros((T, N) + x.shape, x.dtype), theta)
             return PESState(runs, runs, zeros)
 
-        def estimate(theta, state, key):
+        def estimate(task, theta, state, key):
             noise_key, restart_key = jax.random.split(key)
             eps = replicate(_noise(noise_key, theta, (T, N), sigma))
-            restarting = state.positive.train.step >= obj.horizon  # [T, N], same for both
+            restarting = state.positive.train.step >= state.positive.horizon  # [T, N], both
 
             def reset(a):
                 return jnp.where(restarting.reshape((T, N) + (1,) * (a.ndim - 2)), 0.0, a)
 
             accumulated = jax.tree.map(lambda a, e: reset(a) + e, state.accumulated, eps)
             keys = _grid_keys(restart_key, (T, N))
-            pos = _over_particles(mesh, lambda th, e, k, r: loss(add(th, e, 1.0), k, r), 3)
-            loss_pos, positive = pos(theta, eps, keys, state.positive)
-            neg = _over_particles(mesh, lambda th, e, k, r: loss(add(th, e, -1.0), k, r), 3)
-            loss_neg, negative = neg(theta, eps, keys, state.negative)
+            # (theta, task) is the replicated argument: the dataset enters the split as one
+            pos = _over_particles(
+                mesh, lambda tt, e, k, r: loss(tt[1], add(tt[0], e, 1.0), k, r), 3
+            )
+            loss_pos, positive = pos((theta, task), eps, keys, state.positive)
+            neg = _over_particles(
+                mesh, lambda tt, e, k, r: loss(tt[1], add(tt[0], e, -1.0), k, r), 3
+            )
+            loss_neg, negative = neg((theta, task), eps, keys, state.negative)
             grad = _scale(
                 _antithetic_grad(eps, accumulated, loss_pos, loss_neg, sigma), 0.5 / sigma**2
             )
             metrics = _loss_metrics(jnp.stack([loss_pos, loss_neg]))
             return grad, PESState(positive, negative, accumulated), metrics
 
-        return Estimator(init, estimate)
+        return _with_data(task, init, estimate)
 
     if config.name == "truncated_es":
 
-        def init(theta, key):
+        def init(task, theta, key):
             return jax.vmap(lambda k: start_run(task, transform, theta, k, obj))(
                 jax.random.split(key, T)
             )
 
-        def estimate(theta, runs, key):
+        def estimate(task, theta, runs, key):
             noise_key, restart_key = jax.random.split(key)
             eps = replicate(_noise(noise_key, theta, (T, N), sigma))
             keys = jax.random.split(restart_key, T)
 
-            def per_task(theta, e_N, k, run):
-                pos = jax.vmap(lambda e: loss(add(theta, e, 1.0), k, run)[0])(e_N)
-                neg = jax.vmap(lambda e: loss(add(theta, e, -1.0), k, run)[0])(e_N)
-                center, run = loss(theta, k, run)
+            def per_task(theta_and_task, e_N, k, run):
+                theta, task = theta_and_task
+                pos = jax.vmap(lambda e: loss(task, add(theta, e, 1.0), k, run)[0])(e_N)
+                neg = jax.vmap(lambda e: loss(task, add(theta, e, -1.0), k, run)[0])(e_N)
+                center, run = loss(task, theta, k, run)
                 return pos, neg, center, run
 
             split = _split_over(mesh, per_task, 3)
-            loss_pos, loss_neg, center, runs = split(theta, eps, keys, runs)
+            loss_pos, loss_neg, center, runs = split((theta, task), eps, keys, runs)
             grad = _scale(_antithetic_grad(eps, None, loss_pos, loss_neg, sigma), 0.5 / sigma**2)
             return grad, runs, _loss_metrics(jnp.stack([loss_pos, loss_neg]), center)
 
-        return Estimator(init, estimate)
+        return _with_data(task, init, estimate)
 
     if config.name == "full_es":
-        full = dataclasses.replace(obj, truncation=obj.horizon)
+        full = obj.fixed(obj.horizon)
 
-        def full_loss(theta, key):
+        def full_loss(task, theta, key):
             run = start_run(task, transform, theta, key, full, stagger=False)
-            return truncation_loss(task, transform, full, theta, key, run)[0]
+            return truncation_loss(task, transform, full, theta, key, run, reference)[0]
 
-        def init(theta, key):
+        def init(task, theta, key):
             return key
 
-        def estimate(theta, state, key):
+        def estimate(task, theta, state, key):
             noise_key, task_key = jax.random.split(key)
             eps = replicate(_noise(noise_key, theta, (T, N), sigma))
             keys = jnp.broadcast_to(jax.random.split(task_key, T)[:, None], (T, N))
-            pos = _over_particles(mesh, lambda th, e, k: full_loss(add(th, e, 1.0), k), 2)
-            neg = _over_particles(mesh, lambda th, e, k: full_loss(add(th, e, -1.0), k), 2)
-            pos, neg = pos(theta, eps, keys), neg(theta, eps, keys)
+            pos = _over_particles(mesh, lambda tt, e, k: full_loss(tt[1], add(tt[0], e, 1.0), k), 2)
+            neg = _over_particles(
+                mesh, lambda tt, e, k: full_loss(tt[1], add(tt[0], e, -1.0), k), 2
+            )
+            pos, neg = pos((theta, task), eps, keys), neg((theta, task), eps, keys)
             grad = _scale(_antithetic_grad(eps, None, pos, neg, sigma), 0.5 / sigma**2)
             return grad, state, _loss_metrics(jnp.stack([pos, neg]))
 
-        return Estimator(init, estimate)
+        return _with_data(task, init, estimate)
 
     # Truncated backprop through time.
-    def init(theta, key):
+    def init(task, theta, key):
         return jax.vmap(lambda k: start_run(task, transform, theta, k, obj))(
             jax.random.split(key, T)
         )
 
-    def task_grad(theta, key, run):
-        (value, run), grad = jax.value_and_grad(loss, has_aux=True)(theta, key, run)
-        return value, jax.lax.stop_gradient(run), grad
+    def estimate(task, theta, runs, key):
+        def task_grad(theta_and_task, key, run):
+            theta, task_ = theta_and_task
+            value_and_grad = jax.value_and_grad(lambda *a: loss(task_, *a), has_aux=True)
+            (value, run), grad = value_and_grad(theta, key, run)
+            return value, jax.lax.stop_gradient(run), grad
 
-    # Each task's gradient on its own device, averaged over tasks on every device: the mean
-    # gradient rounds alike on any number of devices.
-    per_task = _split_over(mesh, task_grad, 2)
-
-    def estimate(theta, runs, key):
-        losses, runs, grads = per_task(theta, jax.random.split(key, T), runs)
+        # Each task's gradient on its own device, averaged over tasks on every device: the mean
+        # gradient rounds alike on any number of devices.
+        per_task = _split_over(mesh, task_grad, 2)
+        losses, runs, grads = per_task((theta, task), jax.random.split(key, T), runs)
         return jax.tree.map(lambda g: g.mean(0), grads), runs, _loss_metrics(losses)
 
-    return Estimator(init, estimate)
+    return _with_data(task, init, estimate)

@@ -5,6 +5,7 @@ truncated training, Metz et al. 2019; Vicol et al. 2021)."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -19,6 +20,7 @@ from tasks.augment import param_scales, rescale_params
 PyTree = Any
 Transform = Callable[[PyTree], optax.GradientTransformationExtraArgs]
 OBJECTIVES = ("mean_train", "final_train", "mean_valid", "final_valid")
+NORMALIZERS = ("initial", "adamw")
 # Normalized log-loss above which a truncation counts as diverged (the loss grew e^5 ~ 150-fold).
 MAX_META_LOSS = 5.0
 
@@ -27,11 +29,14 @@ MAX_META_LOSS = 5.0
 class MetaObjective:
     """How a truncation is scored: which loss, averaged or final, on a log scale, normalized.
 
-    `horizon` is the inner run length after which a run restarts; `truncation` the steps per
-    outer step; `log` scores log(loss) - log(initial loss) (per-task normalization), else the
-    loss divided by the initial loss. `rescale > 0` augments the tasks: every inner run (and
-    every restart) trains in coordinates rescaled per tensor by `10^u`, `u ~ U(-rescale,
-    rescale)` (`tasks.augment`).
+    `horizon` is the inner run length after which a run restarts; with `min_horizon > 0`, each
+    run (and restart) draws its length log-uniformly from [min_horizon, horizon], rounded to
+    whole truncations (Celo's horizons 100..2,000). `truncation` is the steps per outer step.
+    `normalizer` sets what a loss is compared with, per task: `initial`, the run's initial loss
+    (`log`: log(loss) - log(initial loss), else their ratio), or `adamw`, tuned AdamW's
+    validation loss at the same step (`l2o.meta.reference`; log ratio; validation objectives
+    only). `rescale > 0` augments the tasks: every inner run (and every restart) trains in
+    coordinates rescaled per tensor by `10^u`, `u ~ U(-rescale, rescale)` (`tasks.augment`).
     """
 
     horizon: int = 200
@@ -39,6 +44,8 @@ class MetaObjective:
     objective: str = "mean_train"
     log: bool = True
     rescale: float = 0.0
+    min_horizon: int = 0
+    normalizer: str = "initial"
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
@@ -49,16 +56,35 @@ class MetaObjective:
             raise ValueError("need 0 < truncation <= horizon")
         if not 0 <= self.rescale <= 6:
             raise ValueError(f"rescale (log10 of the largest scale) must be 0..6: {self.rescale}")
+        if self.min_horizon and not self.truncation <= self.min_horizon <= self.horizon:
+            raise ValueError("need truncation <= min_horizon <= horizon (or min_horizon 0)")
+        if self.normalizer not in NORMALIZERS:
+            raise ValueError(
+                f"unknown normalizer {self.normalizer!r}; valid: {', '.join(NORMALIZERS)}"
+            )
+        if self.normalizer == "adamw" and not self.objective.endswith("valid"):
+            raise ValueError("normalizer 'adamw' compares validation losses: use mean_valid "
+                             "or final_valid")  # fmt: skip
+
+    @property
+    def eval_every(self) -> int:
+        """Steps between the evaluations of a validation objective inside a truncation."""
+        return self.truncation if self.objective == "final_valid" else max(1, self.truncation // 10)
+
+    def fixed(self, truncation: int) -> MetaObjective:
+        """This objective over whole runs of `horizon` steps in one truncation of `truncation`."""
+        return dataclasses.replace(self, truncation=truncation, min_horizon=0)
 
 
 class InnerRun(NamedTuple):
-    """One persistent inner training run: its state, key, restart count, initial loss and its
-    parameter scales (`()` without augmentation)."""
+    """One persistent inner training run: its state, key, restart count, initial loss, its
+    length and its parameter scales (`()` without augmentation)."""
 
     train: TrainState
     run_key: jax.Array
     restarts: jax.Array
     init_loss: jax.Array
+    horizon: jax.Array
     scales: PyTree = ()
 
 
@@ -67,16 +93,29 @@ def _task_of(task: Task, run: InnerRun) -> Task:
     return rescale_params(task, run.scales) if run.scales != () else task
 
 
-def _fresh(task: Task, optimizer, key: jax.Array, restarts: jax.Array, rescale: float) -> InnerRun:
+def sample_horizon(key: jax.Array, obj: MetaObjective) -> jax.Array:
+    """`obj.horizon`, or with `min_horizon` a log-uniform length in [min_horizon, horizon]
+    rounded to whole truncations (int32)."""
+    if not obj.min_horizon:
+        return jnp.asarray(obj.horizon, jnp.int32)
+    low, high = math.log(obj.min_horizon), math.log(obj.horizon)
+    length = jnp.exp(jax.random.uniform(key, (), minval=low, maxval=high))
+    truncations = jnp.round(length / obj.truncation).astype(jnp.int32)
+    lowest, highest = -(-obj.min_horizon // obj.truncation), obj.horizon // obj.truncation
+    return jnp.clip(truncations, lowest, highest) * obj.truncation
+
+
+def _fresh(task: Task, optimizer, key: jax.Array, restarts: jax.Array, obj: MetaObjective):
     init_key, run_key, loss_key = jax.random.split(jax.random.fold_in(key, restarts), 3)
     scales = ()
-    if rescale > 0:
+    if obj.rescale > 0:
         scale_key = jax.random.fold_in(init_key, 1)
-        scales = param_scales(scale_key, task.init(init_key), rescale)
+        scales = param_scales(scale_key, task.init(init_key), obj.rescale)
         task = rescale_params(task, scales)
     state = init_state(task, optimizer, init_key)
     init_loss = task.evaluate(state.params, loss_key, "train")["loss"]
-    return InnerRun(state, run_key, restarts, init_loss, scales)
+    horizon = sample_horizon(jax.random.fold_in(init_key, 2), obj)
+    return InnerRun(state, run_key, restarts, init_loss, horizon, scales)
 
 
 def start_run(
@@ -86,27 +125,37 @@ def start_run(
     """A fresh inner run; with `stagger`, its step counter starts at a random truncation boundary
     so that a batch of runs restarts at different outer steps."""
     run_key, stagger_key = jax.random.split(key)
-    run = _fresh(task, transform(theta), run_key, jnp.zeros((), jnp.int32), obj.rescale)
+    run = _fresh(task, transform(theta), run_key, jnp.zeros((), jnp.int32), obj)
     if stagger:
-        num_truncations = obj.horizon // obj.truncation
+        num_truncations = run.horizon // obj.truncation
         offset = jax.random.randint(stagger_key, (), 0, num_truncations)
         run = run._replace(train=run.train._replace(step=offset * obj.truncation))
     return run
 
 
 def _restart_if_done(task, optimizer, key, run: InnerRun, obj: MetaObjective) -> InnerRun:
-    done = run.train.step >= obj.horizon
-    fresh = _fresh(task, optimizer, key, run.restarts + 1, obj.rescale)
+    done = run.train.step >= run.horizon
+    fresh = _fresh(task, optimizer, key, run.restarts + 1, obj)
     return jax.tree.map(lambda a, b: jnp.where(done, a, b), fresh, run)
 
 
-def score(obj: MetaObjective, losses: jax.Array, init_loss: jax.Array) -> jax.Array:
-    """The scalar meta-loss of a truncation's losses, normalized by the run's initial loss."""
-    value = losses.mean() if obj.objective.startswith("mean") else losses[-1]
-    if obj.log:
-        value = jnp.log(jnp.maximum(value, 1e-30)) - jnp.log(jnp.maximum(init_loss, 1e-30))
+def _log(x: jax.Array) -> jax.Array:
+    return jnp.log(jnp.maximum(x, 1e-30))
+
+
+def score(
+    obj: MetaObjective, losses: jax.Array, init_loss: jax.Array, reference: jax.Array | None = None
+) -> jax.Array:
+    """The scalar meta-loss of a truncation's losses, normalized by the run's initial loss or,
+    given `reference` (losses of tuned AdamW at the same steps), by those: the mean (or final)
+    log ratio."""
+    mean = obj.objective.startswith("mean")
+    if reference is not None:
+        ratios = _log(losses) - _log(reference)
+        value = ratios.mean() if mean else ratios[-1]
     else:
-        value = value / init_loss
+        value = losses.mean() if mean else losses[-1]
+        value = _log(value) - _log(init_loss) if obj.log else value / init_loss
     return penalize_nonfinite(value, MAX_META_LOSS)
 
 
@@ -117,25 +166,33 @@ def truncation_loss(
     theta: PyTree,
     key: jax.Array,
     run: InnerRun,
+    reference: jax.Array | None = None,
 ) -> tuple[jax.Array, InnerRun]:
     """Meta-loss of the next `obj.truncation` steps of `run` under `theta`, and the new run.
 
-    The run restarts first if it reached the horizon; `key` seeds that restart only. The
-    result is differentiable in `theta` (truncated backprop through the unroll).
+    The run restarts first if it reached its horizon; `key` seeds that restart only. With
+    `normalizer: adamw`, `reference[i]` is tuned AdamW's validation loss after
+    `(i + 1) * obj.eval_every` steps. The result is differentiable in `theta` (truncated
+    backprop through the unroll).
     """
     optimizer = transform(theta)
     run = _restart_if_done(task, optimizer, key, run, obj)
     valid = obj.objective.endswith("valid")
-    every = obj.truncation if obj.objective == "final_valid" else max(1, obj.truncation // 10)
     train, metrics = unroll(
         _task_of(task, run),
         optimizer,
         run.train,
         run.run_key,
         obj.truncation,
-        total_steps=obj.horizon,
-        eval_every=every if valid else 0,
+        total_steps=run.horizon,
+        eval_every=obj.eval_every if valid else 0,
         eval_splits=("valid",),
     )
     losses = metrics["valid_loss"] if valid else metrics["train_loss"]
-    return score(obj, losses, run.init_loss), run._replace(train=train)
+    at_steps = None
+    if obj.normalizer == "adamw":
+        if reference is None:
+            raise ValueError("normalizer 'adamw' needs the task's AdamW reference")
+        index = metrics["eval_step"] // obj.eval_every - 1
+        at_steps = reference[jnp.clip(index, 0, reference.shape[0] - 1)]
+    return score(obj, losses, run.init_loss, at_steps), run._replace(train=train)

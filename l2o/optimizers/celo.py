@@ -84,7 +84,7 @@ def matrix_shape(shape: tuple[int, ...]) -> tuple[int, int]:
     return math.prod(shape[:-1]), shape[-1]
 
 
-def factored_rsqrt(nu: jax.Array, eps: float = 1e-30) -> jax.Array:
+def factored_rsqrt(nu: jax.Array, eps: float = 1e-20) -> jax.Array:
     r"""Adafactor's factored inverse root of a second moment `nu` seen as a matrix:
     :math:`(r_i c_j / \bar r)^{-1/2}`, `r` and `c` its row and column means; for vectors and
     scalars, :math:`\nu^{-1/2}`."""

@@ -22,6 +22,7 @@ import math
 import os
 import platform
 import struct
+import warnings
 from collections.abc import Mapping
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -361,6 +362,78 @@ def load_learned(
     return transform(theta), info
 
 
-def load_optimizer(path: str | os.PathLike) -> optax.GradientTransformationExtraArgs:
-    """The meta-trained optimizer stored at `path`, ready for `optimizer.init` / `update`."""
-    return load_learned(path)[0]
+def external_learning_rate(path: str | os.PathLike) -> float | None:
+    """The default learning rate of the optimizer file at `path` if its learning rate is
+    external (set by the user or a tuner, `celo`), else None (it learned its step size)."""
+    _, info = load_learned(path)
+    if not registry.architecture(info["name"]).external_learning_rate:
+        return None
+    return float(info["config"].learning_rate)
+
+
+def at_learning_rate(
+    optimizer: optax.GradientTransformationExtraArgs, default: float, learning_rate
+) -> optax.GradientTransformationExtraArgs:
+    """An external-learning-rate optimizer built at `default`, moved to `learning_rate` (a
+    number, a traced value or a schedule `step -> rate`): its updates are linear in it."""
+    if callable(learning_rate):
+        factor = optax.scale_by_schedule(lambda step: learning_rate(step) / default)
+    else:
+        factor = optax.scale(learning_rate / default)
+    return optax.chain(optimizer, factor)
+
+
+class HorizonWarning(UserWarning):
+    """A learned optimizer that reads the training fraction was given no training length."""
+
+
+def _with_horizon(
+    optimizer: optax.GradientTransformationExtraArgs, num_steps: int | None, path, horizon: int
+) -> optax.GradientTransformationExtraArgs:
+    """`optimizer` whose `update` defaults its `num_steps` extra to `num_steps`; without one, a
+    call that gives none warns (once per trace) that the config's `horizon` is assumed."""
+
+    def update_fn(updates, state, params=None, **extra_args):
+        if extra_args.get("num_steps") is None:
+            if num_steps is None:
+                warnings.warn(
+                    f"{path}: no num_steps given (to load_optimizer or to update); the learned "
+                    f"optimizer assumes a {horizon}-step run, which sets its schedule",
+                    HorizonWarning,
+                    stacklevel=2,
+                )
+            else:
+                extra_args["num_steps"] = num_steps
+        return optimizer.update(updates, state, params, **extra_args)
+
+    return optax.GradientTransformationExtraArgs(optimizer.init, update_fn)
+
+
+def load_optimizer(
+    path: str | os.PathLike, num_steps: int | None = None, learning_rate: float | None = None
+) -> optax.GradientTransformationExtraArgs:
+    """The meta-trained optimizer stored at `path`, ready for `optimizer.init` / `update`.
+
+    `num_steps` is the length of the training run, which optimizers that read the training
+    fraction need (an `update` given a `num_steps` extra uses that instead); without either,
+    they warn (`HorizonWarning`) and assume the `horizon` of their config. `learning_rate`
+    replaces the stored default of an optimizer whose learning rate is external (`celo`);
+    a ValueError for one that has none.
+    """
+    optimizer, info = load_learned(path)
+    config = info["config"]
+    if learning_rate is not None:
+        if not registry.architecture(info["name"]).external_learning_rate:
+            raise OptimizerFileError(
+                f"{path}: a {info['name']!r} optimizer learned its step size; it takes no "
+                "learning_rate"
+            )
+        if not (isinstance(learning_rate, int | float) and learning_rate > 0):
+            raise OptimizerFileError(f"learning_rate must be a positive number: {learning_rate!r}")
+        config = dataclasses.replace(config, learning_rate=float(learning_rate))
+        optimizer = registry.from_config(info["name"], config)[1](info["theta"])
+    if num_steps is not None and not (isinstance(num_steps, int) and num_steps >= 1):
+        raise OptimizerFileError(f"num_steps must be a positive integer, got {num_steps!r}")
+    if not hasattr(config, "horizon"):
+        return optimizer
+    return _with_horizon(optimizer, num_steps, path, config.horizon)

@@ -25,10 +25,13 @@ Transform = Callable[[Theta], optax.GradientTransformationExtraArgs]
 
 
 class Architecture(NamedTuple):
-    """A learned optimizer's frozen config dataclass and its factory `make(config)`."""
+    """A learned optimizer's frozen config dataclass and its factory `make(config)`;
+    `external_learning_rate` when its config's `learning_rate` scales every update (set by
+    the user or a tuner) rather than initializing a learned one."""
 
     config: type
     make: Callable[[Any], tuple[InitTheta, Transform]]
+    external_learning_rate: bool = False
 
 
 LEARNED_OPTIMIZERS: dict[str, Architecture] = {
@@ -36,7 +39,7 @@ LEARNED_OPTIMIZERS: dict[str, Architecture] = {
     "mlp": Architecture(MLPConfig, make_mlp),
     "hyper": Architecture(HyperConfig, make_hyper),
     "learnable_adam": Architecture(LearnableAdamConfig, make_learnable_adam),
-    "celo": Architecture(CeloConfig, make_celo),
+    "celo": Architecture(CeloConfig, make_celo, external_learning_rate=True),
 }
 
 

@@ -1,9 +1,12 @@
 """The Celo2-style learned optimizer: its documented init, linearity in the learning rate,
-scale-free inputs, the width-transfer scaling of matrix updates, and the learned scheduler."""
+scale-free inputs, the width-transfer scaling of matrix updates, the learned scheduler, and its
+file loaded with a learning rate and a horizon (tuned by the harness like a baseline's)."""
 
 from __future__ import annotations
 
 import math
+import warnings
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -12,8 +15,21 @@ import optax
 import pytest
 from jax.flatten_util import ravel_pytree
 
+import l2o
+import tasks
 from baselines.muon import newton_schulz
+from l2o.cli.config import parse_optimizer
+from l2o.evaluation.harness import OptimizerSpec, optimizer_factory
+from l2o.io import UserError
 from l2o.optimizers.celo import CeloConfig, factored_rsqrt, make_celo
+from l2o.optimizers.file_format import (
+    HorizonWarning,
+    at_learning_rate,
+    external_learning_rate,
+    save_learned,
+)
+
+PRETRAINED = Path(__file__).resolve().parents[3] / "l2o" / "pretrained"
 
 
 def perturbed(theta, key, size=0.3):
@@ -101,7 +117,7 @@ def test_a_rescaled_gradient_stream_gives_the_same_updates():
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-3, atol=1e-7)
 
 
-def test_matrix_updates_have_the_spectral_norm_of_muP_at_every_width():
+def test_matrix_updates_have_the_spectral_norm_of_mup_at_every_width():
     """`||Delta W||_2 ~ lr c sqrt(n_out / n_in)` at widths 32, 256 and 1024 (8x and 32x a 32-wide
     meta-training MLP), whatever theta: the per-element step shrinks as 1/sqrt(width)."""
     init_theta, transform = make_celo()
@@ -132,8 +148,8 @@ def test_the_learned_scheduler_reads_the_loss_and_starts_at_a_constant_rate():
     init_theta, transform = make_celo(CeloConfig(scheduler_hidden=4))
     theta = init_theta(jax.random.key(0))
     plain = make_celo()[1](make_celo()[0](jax.random.key(0)))
-    with_scheduler = run(transform(theta), params, 3, loss=jnp.float32(1.0))
-    for a, b in zip(jax.tree.leaves(with_scheduler), jax.tree.leaves(run(plain, params, 3))):
+    with_scheduler = jax.tree.leaves(run(transform(theta), params, 3, loss=jnp.float32(1.0)))
+    for a, b in zip(with_scheduler, jax.tree.leaves(run(plain, params, 3)), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)
 
     theta = {**theta, "sched_w": jnp.ones((4,)), "sched_v": 3 * theta["sched_v"]}
@@ -162,3 +178,51 @@ def test_bad_configs_are_refused():
                 {"weight_decay": -1.0}, {"hidden_sizes": (0,)}]:  # fmt: skip
         with pytest.raises(ValueError):
             CeloConfig(**bad)
+
+
+@pytest.fixture(scope="module")
+def celo_file(tmp_path_factory):
+    init_theta, _ = make_celo(CeloConfig(hidden_sizes=(4,)))
+    theta = perturbed(init_theta(jax.random.key(0)), jax.random.key(11))
+    path = tmp_path_factory.mktemp("celo") / "celo.safetensors"
+    return save_learned(path, "celo", {"hidden_sizes": [4]}, jax.device_get(theta))
+
+
+def test_a_celo_file_takes_a_learning_rate_and_a_horizon(celo_file):
+    params = params_of(jax.random.key(12))
+    grads = jax.tree.map(jnp.cos, params)
+
+    def first_update(opt, **extras):
+        return opt.update(grads, opt.init(params), params, **extras)[0]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a horizon was given: no warning
+        default = first_update(l2o.load_optimizer(celo_file, num_steps=100))
+        faster = first_update(l2o.load_optimizer(celo_file, num_steps=100, learning_rate=3e-3))
+        moved = first_update(at_learning_rate(l2o.load_optimizer(celo_file, 100), 1e-3, 3e-3))
+    assert external_learning_rate(celo_file) == 1e-3
+    for a, b, c in zip(*map(jax.tree.leaves, (default, faster, moved)), strict=True):
+        np.testing.assert_allclose(3 * np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-10)
+        np.testing.assert_allclose(np.asarray(c), np.asarray(b), rtol=1e-5, atol=1e-10)
+    with pytest.warns(HorizonWarning, match="10000-step run"):
+        first_update(l2o.load_optimizer(celo_file))
+    explicit = first_update(l2o.load_optimizer(celo_file, num_steps=7), num_steps=50, step=0)
+    given = first_update(l2o.load_optimizer(celo_file), num_steps=50, step=0)
+    for a, b in zip(jax.tree.leaves(explicit), jax.tree.leaves(given), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # the extra wins
+
+
+def test_the_harness_tunes_a_celo_file_and_refuses_a_rate_for_a_learned_step_size(celo_file):
+    make, default = optimizer_factory(OptimizerSpec("celo", file=str(celo_file)), num_steps=20)
+    assert default == 1e-3
+    task = tasks.get_task("digits_mlp", hidden=[8])
+    run = jax.jit(lambda lr: tasks.train(task, make(lr), 20, jax.random.key(0))[1]["train_loss"])
+    slow, fast = run(jnp.float32(1e-4)), run(jnp.float32(1e-2))
+    assert float(fast[-1]) < float(slow[-1])
+    spec = parse_optimizer({"file": str(celo_file)}, "optimizers[0]")
+    assert spec.tune_lr
+    shipped = PRETRAINED / "mlp_digits.safetensors"
+    with pytest.raises(ValueError, match="learned its step size"):
+        l2o.load_optimizer(shipped, learning_rate=1e-3)
+    with pytest.raises(UserError, match="learned its step size"):
+        parse_optimizer({"file": str(shipped), "tune_lr": True}, "optimizers[0]")
