@@ -1,6 +1,7 @@
 """The evaluation harness: fair LR tuning, one vmapped call per pair, reports, bad specs."""
 
 import json
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -184,14 +185,16 @@ def test_optimizer_files_are_evaluated_like_baselines(tmp_path, capsys):
 @pytest.mark.parametrize("entry, message", [
     ("nothere.safetensors", "no optimizer file"),
     ("{file: x.pkl}", "must be a path ending in .json or .safetensors"),
-    ("{file: BAD, tune_lr: true}", "no learning rate to tune"),
+    ("{file: SHIPPED, tune_lr: true}", "learned its step size; it has no learning rate to tune"),
     ("BAD", "invalid learned optimizer"),
 ])  # fmt: skip
 def test_bad_optimizer_files_exit_2(tmp_path, capsys, entry, message):
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00" + b'{"a": "b"}      ')
     config = tmp_path / "suite.yaml"
-    config.write_text(f"tasks: [rosenbrock]\noptimizers: [{entry.replace('BAD', str(bad))}]\n")
+    shipped = Path(__file__).resolve().parents[3] / "l2o" / "pretrained" / "mlp_digits.safetensors"
+    entry = entry.replace("BAD", str(bad)).replace("SHIPPED", str(shipped))
+    config.write_text(f"tasks: [rosenbrock]\noptimizers: [{entry}]\n")
     code = main(["evaluate", "--config", str(config), "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1, err
