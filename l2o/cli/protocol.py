@@ -354,7 +354,7 @@ def run_protocol_command(
 def _track(track, task, spec, make, defaults, target, steps, every, seeds, p) -> dict[str, Any]:
     """One track of one optimizer on one task, with its wall time (compilation included)."""
     if track == "external" and not protocol.has_learning_rate(spec):
-        return {"not_applicable": "a meta-trained optimizer has no learning rate to tune"}
+        return {"not_applicable": "this meta-trained optimizer has no learning rate to tune"}
     t0 = time.perf_counter()
     if track == "self":
         out = protocol.self_tuning(task, make, defaults, target, steps, every, seeds=seeds)

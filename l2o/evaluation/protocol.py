@@ -1,8 +1,9 @@
 """The AlgoPerf protocol on this project's tasks (Dahl et al. 2023, "Benchmarking neural network
 training algorithms"; Kasimbeg et al. 2025): validation-loss targets set by well-tuned baselines,
 time to target in steps and seconds, and the external-tuning (quasi-random trials in studies) and
-self-tuning (no tuning) tracks. A meta-trained optimizer has no learning rate: it runs in the
-self-tuning track only."""
+self-tuning (no tuning) tracks. A meta-trained optimizer that learned its step size has no
+learning rate: it runs in the self-tuning track only (one with an external learning rate, `celo`,
+is tuned like a rule)."""
 
 from __future__ import annotations
 
