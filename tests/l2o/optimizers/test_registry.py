@@ -247,7 +247,7 @@ def test_lstm_without_residual_is_the_paper_architecture():
 
 
 def test_registry_rejects_unknown_names_and_config():
-    with pytest.raises(ValueError, match="valid: hyper, learnable_adam, lstm, mlp"):
+    with pytest.raises(ValueError, match="valid: celo, hyper, learnable_adam, lstm, mlp"):
         get_learned("velo")
     with pytest.raises(ValueError, match="no config key 'hiden_sizes'"):
         get_learned("mlp", hiden_sizes=(8,))
@@ -260,6 +260,6 @@ def test_registry_rejects_unknown_names_and_config():
 
 def test_meta_parameter_counts():
     counts = {n: sum(x.size for x in jax.tree.leaves(learned(n)[2])) for n in NAMES}
-    assert counts == {"hyper": 5226, "learnable_adam": 4, "lstm": 5142, "mlp": 251}
+    assert counts == {"celo": 257, "hyper": 5226, "learnable_adam": 4, "lstm": 5142, "mlp": 251}
     for name in NAMES:
         assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(learned(name)[2]))
