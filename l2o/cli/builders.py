@@ -37,6 +37,12 @@ def build_task(name: str, options: dict):
         raise UserError(f"cannot build task {name!r} with options {options}: {message}") from None
 
 
+def build_spec_task(spec):
+    """The task of an evaluation `TaskSpec` (rescaled if it says so), bad options a UserError."""
+    task = build_task(spec.name, dict(spec.options))
+    return spec.build() if spec.rescale else task
+
+
 def build_family_tasks(spec) -> dict:
     """The tasks a `FamilySpec` draws, by `label`: `i:NAME` for the i-th draw; configs on the
     host from `fold_in(key(seed), i)`. A bad family option is a UserError."""

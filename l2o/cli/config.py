@@ -113,18 +113,45 @@ def _mapping(value: Any, where: str) -> dict:
     return value
 
 
+MAX_RESCALE = 6.0
+MAX_DECLARED_BUDGET = 100.0
+
+
 def parse_task(entry: Any, where: str) -> TaskSpec:
-    """A task entry: a name, or {name, options, label}."""
+    """A task entry: a name, or {name, options, label, rescale} (`rescale`: the log10 range of
+    fixed per-tensor parameter scales, a stress test; `TaskSpec.build`)."""
     if isinstance(entry, str):
         entry = {"name": entry}
     entry = _mapping(entry, where)
-    check_keys(entry, {"name", "options", "label"}, where)
+    check_keys(entry, {"name", "options", "label", "rescale"}, where)
     name = entry.get("name")
     if name not in list_tasks():
         raise UserError(f"{where}: unknown task {name!r}; valid tasks: {', '.join(list_tasks())}")
     options = _mapping(entry.get("options"), f"{where}.options")
     check_keys(options, set(task_overrides(name)), f"{where}.options ({name})")
-    return TaskSpec(name, options, str(entry.get("label", "")))
+    rescale = number(entry.get("rescale", 0.0), f"{where}.rescale", positive=False)
+    if not 0.0 <= rescale <= MAX_RESCALE:
+        raise UserError(f"{where}.rescale is a log10 range in [0, {MAX_RESCALE}], got {rescale}")
+    return TaskSpec(name, options, str(entry.get("label", "")), rescale)
+
+
+def _declared_budget(entry: Mapping[str, Any], where: str) -> float:
+    """The run length an optimizer is told, as a multiple of the true budget (a stress test)."""
+    factor = number(entry.get("declared_budget", 1.0), f"{where}.declared_budget")
+    if not 1 / MAX_DECLARED_BUDGET <= factor <= MAX_DECLARED_BUDGET:
+        raise UserError(f"{where}.declared_budget is a factor in [0.01, 100], got {factor}")
+    return factor
+
+
+def _schedule(entry: Mapping[str, Any], where: str) -> tuple[str, float]:
+    """An entry's learning-rate schedule over the budget and its warm-up fraction."""
+    schedule = entry.get("schedule", "constant")
+    if schedule not in SCHEDULES:
+        raise UserError(f"{where}.schedule: {schedule!r:.40} is not one of {', '.join(SCHEDULES)}")
+    warmup = number(entry.get("warmup", 0.0), f"{where}.warmup", positive=False)
+    if not 0.0 <= warmup < 1.0:
+        raise UserError(f"{where}.warmup is a fraction of the budget in [0, 1), got {warmup}")
+    return schedule, warmup
 
 
 def _file_spec(entry: Mapping[str, Any], where: str) -> OptimizerSpec:
@@ -146,8 +173,13 @@ def _file_spec(entry: Mapping[str, Any], where: str) -> OptimizerSpec:
     if tune and path.endswith(LEARNED_SUFFIX) and not external:
         raise UserError(f"{where}: this meta-trained optimizer learned its step size; it has no "
                         "learning rate to tune")  # fmt: skip
+    schedule, warmup = _schedule(entry, where)
+    if schedule != "constant" and not external:
+        raise UserError(f"{where}: a schedule applies to a meta-trained optimizer whose learning "
+                        "rate is external (such as celo) only")  # fmt: skip
     stem = Path(path).name.removesuffix(RULE_SUFFIX).removesuffix(LEARNED_SUFFIX)
-    spec = OptimizerSpec(stem, {}, tune, str(entry.get("label", "")), path)
+    spec = OptimizerSpec(stem, {}, tune, str(entry.get("label", "")), path, schedule, warmup,
+                         _declared_budget(entry, where))  # fmt: skip
     try:
         optimizer_factory(spec)
     except (OSError, ValueError) as e:
@@ -181,16 +213,19 @@ def check_hparams(name: str, hparams: Mapping[str, Any], where: str) -> dict[str
 
 def parse_optimizer(entry: Any, where: str) -> OptimizerSpec:
     """An optimizer entry: a baseline name or an optimizer file path (`.json` symbolic rule,
-    `.safetensors` meta-trained optimizer), or {name, hparams, tune_lr, label} / {file, label,
-    tune_lr}."""
+    `.safetensors` meta-trained optimizer), or {name, hparams, tune_lr, label, schedule, warmup,
+    declared_budget} / {file, label, tune_lr, schedule, warmup, declared_budget} (a schedule for
+    files with an external learning rate only; `OptimizerSpec.declared_steps`)."""
     if isinstance(entry, str):
         is_file = entry.endswith((RULE_SUFFIX, LEARNED_SUFFIX))
         entry = {"file": entry} if is_file else {"name": entry}
     entry = _mapping(entry, where)
     if "file" in entry:
-        check_keys(entry, {"file", "tune_lr", "label"}, where)
+        check_keys(entry, {"file", "tune_lr", "label", "schedule", "warmup", "declared_budget"},
+                   where)  # fmt: skip
         return _file_spec(entry, where)
-    check_keys(entry, {"name", "hparams", "tune_lr", "label", "schedule", "warmup"}, where)
+    check_keys(entry, {"name", "hparams", "tune_lr", "label", "schedule", "warmup",
+                       "declared_budget"}, where)  # fmt: skip
     name = entry.get("name")
     if name not in list_optimizers():
         raise UserError(
@@ -202,13 +237,9 @@ def parse_optimizer(entry: Any, where: str) -> OptimizerSpec:
         raise UserError(f"{where}.tune_lr must be true or false, got {tune!r}")
     hparams = check_hparams(name, _mapping(entry.get("hparams"), f"{where}.hparams"),
                             f"{where}.hparams")  # fmt: skip
-    schedule = entry.get("schedule", "constant")
-    if schedule not in SCHEDULES:
-        raise UserError(f"{where}.schedule: {schedule!r:.40} is not one of {', '.join(SCHEDULES)}")
-    warmup = number(entry.get("warmup", 0.0), f"{where}.warmup", positive=False)
-    if not 0.0 <= warmup < 1.0:
-        raise UserError(f"{where}.warmup is a fraction of the budget in [0, 1), got {warmup}")
-    spec = OptimizerSpec(name, hparams, tune, str(entry.get("label", "")), "", schedule, warmup)
+    schedule, warmup = _schedule(entry, where)
+    spec = OptimizerSpec(name, hparams, tune, str(entry.get("label", "")), "", schedule, warmup,
+                         _declared_budget(entry, where))  # fmt: skip
     try:
         optimizer_factory(spec)
     except (TypeError, ValueError) as e:

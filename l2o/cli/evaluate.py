@@ -47,13 +47,13 @@ def check_suite_runs(suite) -> list[tuple[str, str, int, bool]]:
     optimizer, `(task key, optimizer key, bytes of one run, learning rate tuned)`."""
     import numpy as np
 
-    from l2o.cli.builders import build_task, check_step
+    from l2o.cli.builders import build_spec_task, check_step
     from l2o.cli.resources import run_bytes
     from l2o.evaluation.harness import optimizer_factory
 
     pairs = []
     for task_spec in suite.tasks:
-        task = build_task(task_spec.name, dict(task_spec.options))
+        task = build_spec_task(task_spec)
         optimizers = []
         for spec in suite.optimizers:
             make, lr = optimizer_factory(spec)

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from l2o.cli.builders import build_task, versions
+from l2o.cli.builders import build_spec_task, versions
 from l2o.cli.config import _mapping, check_keys, load_yaml, number, parse_suite
 from l2o.cli.progress import progress_bar
 from l2o.cli.resources import Call, check_memory, run_bytes, run_values
@@ -199,7 +199,7 @@ def run_targets_command(
                             "it or --overwrite to replace it")  # fmt: skip
 
     refuse_a_used_out()  # before the folder is made
-    tasks = {spec.key: build_task(spec.name, dict(spec.options)) for spec in p.suite.tasks}
+    tasks = {spec.key: build_spec_task(spec) for spec in p.suite.tasks}
     lower = "targets.trials, seeds, targets.steps or the tasks' sizes"
     check_memory(targets_calls(p, tasks.values()), max_memory, lower)
     lock(check_writable_dir(out.parent), f".{out.name}.lock")
@@ -293,7 +293,7 @@ def run_protocol_command(
     with progress_bar() as bar:
         job = bar.add_task("protocol", total=units)
         for task_spec in p.suite.tasks:
-            task = build_task(task_spec.name, dict(task_spec.options))
+            task = build_spec_task(task_spec)
             target = targets[task_spec.key]["target"]
             seconds[task_spec.key] = {}
             for track in tracks:

@@ -23,6 +23,7 @@ from search.interpreter import program_transform
 from search.rule_file import default_learning_rate, read_rule
 from search.sweep import log_grid, population_sweep, select_best
 from tasks import Task, get_task, train
+from tasks.augment import param_scales, rescale_params
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,10 +42,17 @@ class OptimizerSpec:
     file: str = ""
     schedule: str = "constant"
     warmup: float = 0.0
+    declared_budget: float = 1.0
 
     @property
     def key(self) -> str:
         return self.label or self.name
+
+    def declared_steps(self, num_steps: int) -> int:
+        """The run length the optimizer is told (the span of its schedule, a learned optimizer's
+        `num_steps`): `declared_budget` times the true one, a budget that is wrong on purpose in
+        stress tests (Rezk et al. 2023 on VeLO)."""
+        return max(1, int(round(self.declared_budget * num_steps)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,10 +62,21 @@ class TaskSpec:
     name: str
     options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     label: str = ""
+    rescale: float = 0.0
 
     @property
     def key(self) -> str:
         return self.label or self.name
+
+    def build(self) -> Task:
+        """The task; with `rescale > 0`, in rescaled coordinates (`tasks.augment`): each
+        parameter tensor divided by a fixed scale `10^u`, `u ~ Uniform(-rescale, rescale)`
+        drawn with key 0."""
+        task = get_task(self.name, **self.options)
+        if not self.rescale:
+            return task
+        shapes = jax.eval_shape(task.init, jax.random.key(0))
+        return rescale_params(task, param_scales(jax.random.key(0), shapes, self.rescale))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,13 +133,27 @@ def learning_rate_schedule(spec: OptimizerSpec, learning_rate, num_steps: int):
     raise ValueError(f"unknown schedule {spec.schedule!r}; valid: {', '.join(SCHEDULES)}")
 
 
+def _told(
+    optimizer: optax.GradientTransformationExtraArgs, num_steps: int
+) -> optax.GradientTransformationExtraArgs:
+    """`optimizer` told that the run lasts `num_steps` steps, whatever the loop says."""
+
+    def update_fn(updates, state, params=None, **extra_args):
+        return optimizer.update(updates, state, params, **{**extra_args, "num_steps": num_steps})
+
+    return optax.GradientTransformationExtraArgs(optimizer.init, update_fn)
+
+
 def optimizer_factory(spec: OptimizerSpec, num_steps: int = 1000) -> tuple[Callable, float]:
-    """`make(learning_rate) -> optax transform` for a spec whose schedule spans `num_steps`, and
-    its untuned learning rate (NaN for a meta-trained optimizer that learned its step size;
-    the stored default for one whose learning rate is external). Files are read and checked
-    here."""
+    """`make(learning_rate) -> optax transform` for a spec whose schedule spans `num_steps`
+    (times `spec.declared_budget`), and its untuned learning rate (NaN for a meta-trained
+    optimizer that learned its step size; the stored default for one whose learning rate is
+    external). Files are read and checked here."""
+    num_steps = spec.declared_steps(num_steps)
     if spec.file.endswith(LEARNED_SUFFIX):
         learned, default = load_optimizer(spec.file), external_learning_rate(spec.file)
+        if spec.declared_budget != 1.0:
+            learned = _told(learned, num_steps)
         if default is None:
             return (lambda learning_rate: learned), float("nan")
 
@@ -293,7 +326,7 @@ def evaluate_suite(
     """
     results: dict[str, dict[str, Any]] = {}
     for task_spec in suite.tasks:
-        task = get_task(task_spec.name, **task_spec.options)
+        task = task_spec.build()
         results[task_spec.key] = {}
         for spec in suite.optimizers:
             results[task_spec.key][spec.key] = memo(

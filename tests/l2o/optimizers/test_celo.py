@@ -226,3 +226,28 @@ def test_the_harness_tunes_a_celo_file_and_refuses_a_rate_for_a_learned_step_siz
         l2o.load_optimizer(shipped, learning_rate=1e-3)
     with pytest.raises(UserError, match="learned its step size"):
         parse_optimizer({"file": str(shipped), "tune_lr": True}, "optimizers[0]")
+
+
+def test_a_celo_file_follows_a_schedule_and_a_rule_file_refuses_one(celo_file):
+    spec = parse_optimizer({"file": str(celo_file), "schedule": "warmup_cosine", "warmup": 0.25},
+                           "optimizers[0]")  # fmt: skip
+    assert (spec.schedule, spec.warmup) == ("warmup_cosine", 0.25)
+    make, _ = optimizer_factory(spec, num_steps=8)
+    constant, _ = optimizer_factory(OptimizerSpec("celo", file=str(celo_file)), num_steps=8)
+    params = {"w": jnp.ones((4, 3)), "b": jnp.ones((3,))}
+    grads = jax.tree.map(lambda p: 0.1 * p, params)
+
+    def norms(opt):
+        state, out = opt.init(params), []
+        for step in range(8):
+            updates, state = opt.update(grads, state, params, num_steps=8, step=step)
+            out.append(float(jnp.linalg.norm(updates["w"])))
+        return np.array(out)
+
+    scheduled, flat = norms(make(1e-2)), norms(constant(1e-2))
+    np.testing.assert_allclose(scheduled[0], 0.0, atol=1e-12)  # warm-up starts at 0
+    np.testing.assert_allclose(scheduled[2], flat[2], rtol=1e-4)  # the peak, after 2 steps
+    assert scheduled[-1] < 0.2 * flat[-1]  # cosine decay towards 0
+    rule = PRETRAINED / "evolved_adamw.json"
+    with pytest.raises(UserError, match="external"):
+        parse_optimizer({"file": str(rule), "schedule": "warmup_cosine"}, "optimizers[0]")
