@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from rich.progress import Progress
 
@@ -29,6 +30,7 @@ from l2o.cli.run_folder import claim
 from l2o.cli.stopping import check
 from l2o.io import EventFile, UserError, read_json, write_json_atomic
 from l2o.meta import checkpoint
+from l2o.meta.objective import MetaObjective, scheduled
 from l2o.meta.trainer import make_meta_trainer
 from l2o.meta.types import MetaState
 from tasks import train
@@ -41,16 +43,19 @@ RUN_FILES = re.compile(r"events\.out\.tfevents\..*|meta_metrics\.json")
 
 
 def make_heldout_evaluation(
-    tasks, transform, horizon: int, seeds: int = HELDOUT_SEEDS, *, mesh=None
+    tasks, transform, objective: MetaObjective, seeds: int = HELDOUT_SEEDS, *, mesh=None
 ):
-    """`evaluate(theta) -> {name: value}`: final train/test loss of whole inner runs on held-out
+    """`evaluate(theta) -> {name: value}`: final train/test loss of whole inner runs of the
+    objective's horizon (under its schedule, at the configured learning rate) on held-out
     seeds, per meta-training task (each task's run compiled once, theta an argument; the seeds
     split over the devices of `mesh`, by default every device)."""
     mesh = device_mesh() if mesh is None else mesh
     keys = jax.random.split(jax.random.key(HELDOUT_SEED), seeds)
+    horizon = objective.horizon
 
     def one(task, theta, key):
-        return train(task, transform(theta), horizon, key, eval_every=horizon)[1]
+        optimizer = scheduled(transform(theta), objective, jnp.ones(()), jnp.asarray(horizon))
+        return train(task, optimizer, horizon, key, eval_every=horizon)[1]
 
     over_seeds = jax.vmap(one, in_axes=(None, None, 0))
     compiled = jax.jit(shard_population(over_seeds, mesh, (None, None, 0)))
@@ -208,7 +213,7 @@ def run_meta_train_command(
         state = put_replicated(broadcast_from_writer(state), mesh)
     unsaved: list[dict] = []
     events = EventFile(out) if writer else None  # appended at each checkpoint, kept on resume
-    heldout_evaluation = make_heldout_evaluation(tasks, transform, run.objective.horizon, mesh=mesh)
+    heldout_evaluation = make_heldout_evaluation(tasks, transform, run.objective, mesh=mesh)
 
     def save() -> None:
         if not writer:

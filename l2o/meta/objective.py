@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from baselines.schedules import cosine, warmup
 from search.objective import penalize_nonfinite
 from tasks import Task, TrainState, init_state, unroll
 from tasks.augment import param_scales, rescale_params
@@ -21,6 +22,7 @@ PyTree = Any
 Transform = Callable[[PyTree], optax.GradientTransformationExtraArgs]
 OBJECTIVES = ("mean_train", "final_train", "mean_valid", "final_valid")
 NORMALIZERS = ("initial", "adamw")
+SCHEDULES = ("constant", "warmup_cosine")
 # Normalized log-loss above which a truncation counts as diverged (the loss grew e^5 ~ 150-fold).
 MAX_META_LOSS = 5.0
 
@@ -37,6 +39,12 @@ class MetaObjective:
     validation loss at the same step (`l2o.meta.reference`; log ratio; validation objectives
     only). `rescale > 0` augments the tasks: every inner run (and every restart) trains in
     coordinates rescaled per tensor by `10^u`, `u ~ U(-rescale, rescale)` (`tasks.augment`).
+
+    For an optimizer whose learning rate is external (`celo`), the inner runs can train as a
+    user would run it: `schedule` `warmup_cosine` scales every update by a linear warm-up over
+    the `warmup` fraction of the run's horizon and a cosine decay to 0 at its end, and
+    `lr_spread > 1` draws each run's learning rate log-uniformly within a factor `lr_spread` of
+    the configured one (a tuner moves it), so the rule cannot lean on one learning rate.
     """
 
     horizon: int = 200
@@ -46,6 +54,9 @@ class MetaObjective:
     rescale: float = 0.0
     min_horizon: int = 0
     normalizer: str = "initial"
+    schedule: str = "constant"
+    warmup: float = 0.05
+    lr_spread: float = 1.0
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
@@ -62,6 +73,12 @@ class MetaObjective:
             raise ValueError(
                 f"unknown normalizer {self.normalizer!r}; valid: {', '.join(NORMALIZERS)}"
             )
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}")
+        if not 0 <= self.warmup < 1:
+            raise ValueError(f"warmup is a fraction of the horizon in [0, 1): {self.warmup}")
+        if not 1 <= self.lr_spread <= 100:
+            raise ValueError(f"lr_spread (a factor) must be 1..100: {self.lr_spread}")
         if self.normalizer == "adamw" and not self.objective.endswith("valid"):
             raise ValueError("normalizer 'adamw' compares validation losses: use mean_valid "
                              "or final_valid")  # fmt: skip
@@ -78,14 +95,42 @@ class MetaObjective:
 
 class InnerRun(NamedTuple):
     """One persistent inner training run: its state, key, restart count, initial loss, its
-    length and its parameter scales (`()` without augmentation)."""
+    length, its learning-rate factor and its parameter scales (`()` without augmentation)."""
 
     train: TrainState
     run_key: jax.Array
     restarts: jax.Array
     init_loss: jax.Array
     horizon: jax.Array
+    lr_factor: jax.Array
     scales: PyTree = ()
+
+
+def learning_rate_factor(obj: MetaObjective, step: jax.Array, horizon: jax.Array) -> jax.Array:
+    """The schedule's factor at `step` of a run of `horizon` steps (1 for `constant`)."""
+    if obj.schedule == "constant":
+        return jnp.ones((), jnp.float32)
+    warmup_steps = jnp.maximum(1, jnp.round(obj.warmup * horizon))
+    return warmup(cosine(1.0, jnp.maximum(horizon - warmup_steps, 1)), warmup_steps)(step)
+
+
+def scheduled(
+    optimizer: optax.GradientTransformationExtraArgs,
+    obj: MetaObjective,
+    lr_factor: jax.Array,
+    horizon: jax.Array,
+) -> optax.GradientTransformationExtraArgs:
+    """`optimizer` with its updates scaled by `lr_factor` times the schedule at the loop's
+    `step` extra (the identity for a constant schedule and no spread)."""
+    if obj.schedule == "constant" and obj.lr_spread == 1:
+        return optimizer
+
+    def update_fn(updates, state, params=None, **extra_args):
+        updates, state = optimizer.update(updates, state, params, **extra_args)
+        factor = lr_factor * learning_rate_factor(obj, extra_args["step"], horizon)
+        return jax.tree.map(lambda u: u * factor.astype(u.dtype), updates), state
+
+    return optax.GradientTransformationExtraArgs(optimizer.init, update_fn)
 
 
 def _task_of(task: Task, run: InnerRun) -> Task:
@@ -115,7 +160,9 @@ def _fresh(task: Task, optimizer, key: jax.Array, restarts: jax.Array, obj: Meta
     state = init_state(task, optimizer, init_key)
     init_loss = task.evaluate(state.params, loss_key, "train")["loss"]
     horizon = sample_horizon(jax.random.fold_in(init_key, 2), obj)
-    return InnerRun(state, run_key, restarts, init_loss, horizon, scales)
+    spread = math.log(obj.lr_spread)
+    u = jax.random.uniform(jax.random.fold_in(init_key, 3), (), minval=-spread, maxval=spread)
+    return InnerRun(state, run_key, restarts, init_loss, horizon, jnp.exp(u), scales)
 
 
 def start_run(
@@ -175,12 +222,11 @@ def truncation_loss(
     `(i + 1) * obj.eval_every` steps. The result is differentiable in `theta` (truncated
     backprop through the unroll).
     """
-    optimizer = transform(theta)
-    run = _restart_if_done(task, optimizer, key, run, obj)
+    run = _restart_if_done(task, transform(theta), key, run, obj)
     valid = obj.objective.endswith("valid")
     train, metrics = unroll(
         _task_of(task, run),
-        optimizer,
+        scheduled(transform(theta), obj, run.lr_factor, run.horizon),
         run.train,
         run.run_key,
         obj.truncation,

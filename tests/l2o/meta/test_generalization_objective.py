@@ -1,6 +1,8 @@
 """The meta-objective that targets generalization: log-uniform horizons with staggered restarts,
 validation losses relative to tuned AdamW's at the same step, task families in meta-training."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,7 +14,15 @@ from l2o.cli.builders import build_family_tasks
 from l2o.cli.config import parse_family, parse_meta_run
 from l2o.io import UserError
 from l2o.meta.estimators import EstimatorConfig, make_estimator
-from l2o.meta.objective import MetaObjective, sample_horizon, score, start_run, truncation_loss
+from l2o.meta.objective import (
+    MetaObjective,
+    learning_rate_factor,
+    sample_horizon,
+    scheduled,
+    score,
+    start_run,
+    truncation_loss,
+)
 from l2o.meta.reference import REFERENCE_SEED, adamw_reference
 from tasks import get_task, train
 
@@ -133,3 +143,36 @@ def test_a_family_draws_its_tasks_by_seed_and_bad_families_are_refused():
     assert run.tasks == () and run.family.num_tasks == 2
     with pytest.raises(UserError, match="tasks"):
         parse_meta_run({"optimizer": {"name": "celo"}})
+
+
+def test_inner_runs_follow_the_schedule_at_a_drawn_learning_rate():
+    obj = MetaObjective(horizon=100, truncation=10, schedule="warmup_cosine", warmup=0.1,
+                        lr_spread=3.0)  # fmt: skip
+    steps = jnp.arange(101)
+    factor = np.asarray(jax.vmap(lambda s: learning_rate_factor(obj, s, jnp.asarray(100)))(steps))
+    expected = np.where(
+        np.arange(101) < 10,
+        np.arange(101) / 10,
+        0.5 * (1 + np.cos(np.pi * (np.arange(101) - 10) / 90)),
+    )
+    np.testing.assert_allclose(factor, expected, atol=1e-6)
+    adam = optax.with_extra_args_support(optax.adam(1e-2))
+    params = {"w": jnp.ones((3, 2))}
+    grads = {"w": jnp.arange(6.0).reshape(3, 2)}
+    plain = adam.update(grads, adam.init(params), params)[0]["w"]
+    moved = scheduled(adam, obj, jnp.float32(2.0), jnp.asarray(100))
+    at_20 = moved.update(grads, moved.init(params), params, step=jnp.asarray(20))[0]["w"]
+    np.testing.assert_allclose(at_20, 2.0 * expected[20] * plain, rtol=1e-5)
+    theta = {"log_lr": jnp.log(jnp.float32(1e-2))}
+    keys = jax.random.split(jax.random.key(5), 64)
+    start = jax.vmap(lambda k: start_run(TASK, learnable_adamw, theta, k, obj).lr_factor)
+    factors = np.asarray(start(keys))
+    assert factors.min() >= 1 / 3 and factors.max() <= 3 and factors.std() > 0.3
+    constant = dataclasses.replace(obj, schedule="constant", lr_spread=1.0)
+    assert scheduled(adam, constant, jnp.float32(1.0), jnp.asarray(100)) is adam
+    run = start_run(TASK, learnable_adamw, theta, keys[0], constant)
+    assert float(run.lr_factor) == 1.0
+    with pytest.raises(ValueError, match="unknown schedule"):
+        MetaObjective(schedule="cosine")
+    with pytest.raises(ValueError, match="lr_spread"):
+        MetaObjective(lr_spread=0.5)
