@@ -129,7 +129,7 @@ def test_quickstart_writes_a_report(tmp_path, capsys):
     assert code == 0
     report = (tmp_path / "report.md").read_text()
     assert "| digits_mlp | adam |" in report and "loss_curves.png" in report
-    assert "| digits_mlp | mlp_l2o | - |" in report and "| rosenbrock | evolved_sgd |" in report
+    assert "| digits_mlp | celo |" in report and "| rosenbrock | evolved_sgd |" in report
     assert "| mnist1d_mlp | evolved_adamw |" in report
     assert (tmp_path / "loss_curves.png").read_bytes()[:4] == b"\x89PNG"
     results = json.loads((tmp_path / "results.json").read_text())
