@@ -24,15 +24,12 @@ def test_shipped_optimizer_beats_default_adam_on_its_training_family():
     task = get_task("digits_mlp")
     keys = jax.random.split(jax.random.key(123), 3)
 
-    def final_losses(make_optimizer):  # per key; the learning rate an argument: one compilation
-        def final_loss(key, lr):
-            return train(task, make_optimizer(lr), 300, key)[1]["train_loss"][-20:].mean()
+    def final_loss(optimizer):
+        run = jax.vmap(lambda k: train(task, optimizer, 300, k)[1]["train_loss"][-20:].mean())
+        return np.asarray(jax.jit(run)(keys))
 
-        return jax.jit(jax.vmap(final_loss, in_axes=(0, None)))
-
-    ours = np.asarray(final_losses(lambda lr: learned)(keys, np.float32(0)))
-    adam = final_losses(optax.adam)
-    adams = np.stack([np.asarray(adam(keys, np.float32(lr))) for lr in (1e-3, 3e-3, 1e-2)])
+    ours = final_loss(learned)
+    adams = np.stack([final_loss(optax.adam(lr)) for lr in (1e-3, 3e-3, 1e-2)])
     assert np.all(np.isfinite(ours)) and np.all(ours < adams.min(0))
 
 
@@ -46,15 +43,14 @@ def test_shipped_evolved_rule_has_one_state_slot_and_beats_adamw_on_its_proxy():
     task = get_task("digits_mlp", hidden=(16,))
     keys = jax.random.split(jax.random.key(321), 8)
 
-    def mean_final_valid(make_optimizer):  # the learning rate an argument: one compilation
-        def final_valid(key, lr):
-            return train(task, make_optimizer(lr), 200, key, eval_every=200)[1]["valid_loss"][-1]
+    def mean_final_valid(optimizer):
+        run = jax.vmap(
+            lambda k: train(task, optimizer, 200, k, eval_every=200)[1]["valid_loss"][-1]
+        )
+        return float(np.mean(jax.jit(run)(keys)))
 
-        run = jax.jit(jax.vmap(final_valid, in_axes=(0, None)))
-        return lambda lr: float(np.mean(run(keys, np.float32(lr))))
-
-    ours = mean_final_valid(lambda lr: load_rule(path, 3e-3))(0.0)
-    adamw = min(map(mean_final_valid(optax.adamw), (3e-3, 1e-2, 3e-2)))
+    ours = mean_final_valid(load_rule(path, 3e-3))
+    adamw = min(mean_final_valid(optax.adamw(lr)) for lr in (3e-3, 1e-2, 3e-2))
     assert np.isfinite(ours) and ours < adamw, (ours, adamw)
 
 
