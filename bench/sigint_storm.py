@@ -131,6 +131,9 @@ def main() -> None:
     parser.add_argument("--commands", default=",".join(COMMANDS), help="comma-separated")
     parser.add_argument("--json", type=Path, help="also write every trial to this file")
     args = parser.parse_args()
+    # The commands get SIGINT as from a terminal, even when this script runs as a background
+    # job (which starts with SIGINT ignored: a command keeps an ignored signal ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     rng = random.Random(args.seed)
     summary = {}
     with tempfile.TemporaryDirectory(prefix="sigint_storm_") as tmp:

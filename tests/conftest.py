@@ -1,11 +1,12 @@
-"""Shared test setup: strict rank promotion, the offline data folder beside the repository, and a
-compilation cache for the test process."""
+"""Shared test setup: strict rank promotion, the offline data folder beside the repository, a
+compilation cache for the test process, and SIGINT as from a terminal."""
 
 from __future__ import annotations
 
 import atexit
 import os
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 
@@ -13,6 +14,12 @@ import jax
 import pytest
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+# The commands that tests start and interrupt get SIGINT as from a terminal, also when the suite
+# runs as a background job of a script: such a job starts with SIGINT ignored, and a command
+# keeps an ignored signal ignored.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # A persistent compilation cache private to this test process (removed when it exits): a program
 # that another test compiled before, the same computation in another jitted function or after the

@@ -14,7 +14,8 @@ are imported (this module imports only the standard library), so a signal during
 imports is caught too; through `run_stoppable`, a signal that arrives after the command's last
 `check`, even once it has finished, still ends the process with 130 or 143, and every exit skips
 the interpreter's teardown (the exit handlers run first), so no signal meets the default handler
-on the way out."""
+on the way out. A signal that was ignored when the command started (as SIGINT is for a job
+started in the background by a script) stays ignored."""
 
 from __future__ import annotations
 
@@ -96,8 +97,10 @@ def stop_on_signals() -> Iterator[None]:
     ours, theirs = socket.socketpair()
     ours.setblocking(False)
     finished = threading.Event()
-    previous = {s: signal.signal(s, lambda signum, frame: _requested.append(signum))
-                for s in EXIT_CODES}  # fmt: skip
+    previous = {s: signal.getsignal(s) for s in EXIT_CODES}
+    for s, handler in previous.items():
+        if handler is not signal.SIG_IGN:  # an ignored signal stays ignored (module docstring)
+            signal.signal(s, lambda signum, frame: _requested.append(signum))
     previous_fd = signal.set_wakeup_fd(ours.fileno(), warn_on_full_buffer=False)
     watchdog = threading.Thread(target=_watch, args=(theirs, finished), daemon=True)
     watchdog.start()
