@@ -1,14 +1,34 @@
-"""Shared test setup: strict rank promotion, and the offline data folder beside the repository."""
+"""Shared test setup: strict rank promotion, the offline data folder beside the repository, a
+compilation cache for the test process, and SIGINT as from a terminal."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import signal
+import tempfile
 from pathlib import Path
 
 import jax
 import pytest
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+# The commands that tests start and interrupt get SIGINT as from a terminal, also when the suite
+# runs as a background job of a script: such a job starts with SIGINT ignored, and a command
+# keeps an ignored signal ignored.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+# A persistent compilation cache private to this test process (removed when it exits): a program
+# that another test compiled before, the same computation in another jitted function or after the
+# per-module `jax.clear_caches()` below, is loaded instead of compiled again. The commands that
+# tests start in subprocesses do not inherit it (they compile as a user's run does).
+_COMPILATION_CACHE = tempfile.mkdtemp(prefix="l2o-tests-jax-cache-")
+atexit.register(shutil.rmtree, _COMPILATION_CACHE, ignore_errors=True)
+jax.config.update("jax_compilation_cache_dir", _COMPILATION_CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

@@ -17,7 +17,7 @@ import yaml  # noqa: E402
 from l2o.cli.distributed import add_distributed_flags, initialize  # noqa: E402
 from l2o.cli.resources import add_memory_flag  # noqa: E402
 from l2o.cli.run_folder import release_locks  # noqa: E402
-from l2o.cli.stopping import exit_now, interrupt_message, stop_on_signals  # noqa: E402
+from l2o.cli.stopping import interrupt_message, run_stoppable  # noqa: E402
 from l2o.io import UserError  # noqa: E402
 
 
@@ -452,10 +452,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> None:
-    """The `l2o` console script: `main`, stopped within about a second by SIGINT (exit code 130)
-    or SIGTERM (143), see `l2o.cli.stopping`."""
-    with stop_on_signals():
-        code = main()
-    if code in (130, 143):
-        exit_now(code)  # no interpreter teardown while XLA's threads may still run
-    sys.exit(code)
+    """`main`, stopped within about a second by SIGINT (exit code 130) or SIGTERM (143), see
+    `l2o.cli.stopping`: the console script of installs made before it became
+    `l2o.cli.__main__:run`, which also catches signals while this module is imported."""
+    run_stoppable(main)

@@ -280,10 +280,15 @@ def evaluate_pair(task: Task, spec: OptimizerSpec, suite: Suite) -> dict[str, An
     lrs = suite.learning_rates() if tune else np.array([default_lr], np.float32)
     horizon = suite.horizon(spec)
 
+    def member_optimizer(member):
+        return make(member["learning_rate"])
+
     def sweep(lrs: np.ndarray) -> dict[str, np.ndarray]:
+        # One function for every sweep of the pair: an extension of as many learning rates as
+        # the grid reuses the compiled sweep.
         return population_sweep(
             task,
-            lambda member: make(member["learning_rate"]),
+            member_optimizer,
             {"learning_rate": lrs},
             np.arange(suite.seeds),
             horizon,

@@ -2,7 +2,12 @@
 time in a fresh process with a different PYTHONHASHSEED (so nothing may depend on the order of
 a set or dict of strings), and the results files are compared exactly after removing the timing
 fields. The results also record the package versions and the seeds (all but `export-rule`,
-which writes the code and text of a rule file)."""
+which writes the code and text of a rule file).
+
+The quickstart runs here only, its first run's report checked too: on its three tasks, with six
+of its ten contenders (`QUICKSTART`: a plain and an adaptive baseline, the scheduled NAdamW, the
+meta-trained optimizer and both evolved rules; each contender is a compiled sweep per task, the
+most expensive programs of the suite)."""
 
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from l2o.cli import quickstart
 from l2o.cli.main import build_parser
 
 REPO = Path(__file__).resolve().parents[2]
@@ -24,9 +30,8 @@ COMMANDS = {
     "train": (["train", "--task", "digits_mlp", "--optimizer", "adam", "--lr", "0.003",
                "--steps", "30", "--eval-every", "10", "--seed", "3", "--out", "train"],
               ["train/results.json"]),
-    "evaluate": (["evaluate", "--tasks", "rosenbrock,digits_mlp", "--optimizers", "adam,sgd",
-                  "--steps", "20", "--seeds", "1", "--lr-num", "2", "--lr-low", "1e-3",
-                  "--out", "evaluate"], ["evaluate/results.json"]),
+    "evaluate": (["evaluate", "--config", "evaluate.yaml", "--out", "evaluate"],
+                 ["evaluate/results.json"]),
     **{f"tune-{method}": (["tune", "--optimizer", "sgd", "--task", "quadratic_k100", "--space",
                            "space.yaml", "--method", method, "--trials", "4", "--steps", "20",
                            "--reports", "2", "--seed", "1", "--out", f"tune_{method}"],
@@ -40,13 +45,23 @@ COMMANDS = {
                ["evolve/evolution.json", "evolve/best_rule.json"]),
     "export-rule": (["export-rule", "evolve/best_rule.json", "--out", "rule", "--name", "rule"],
                     ["rule/rule.py", "rule/rule.md", "rule/rule.tex"]),
-    "quickstart": (["quickstart", "--out", "quickstart", "--steps", "5", "--seeds", "1"],
+    "quickstart": (["quickstart", "--out", "quickstart", "--steps", "5", "--seeds", "2"],
                    ["quickstart/results.json"]),
     "targets": (["targets", "--config", "protocol.yaml", "--out", "targets.json"],
                 ["targets.json"]),
     "protocol": (["protocol", "--config", "protocol.yaml", "--out", "protocol"],
                  ["protocol/results.json"]),
 }  # fmt: skip
+# Two tasks (one with a dataset) and two optimizers, a grid of three learning rates (extended
+# with three more while the best is at an edge: the same compiled sweep). No timing run: its
+# fields are removed before the comparison anyway.
+EVALUATE = """tasks: [rosenbrock, digits_mlp]
+optimizers: [adam, sgd]
+steps: 20
+seeds: 1
+lr_grid: {low: 1.0e-3, high: 0.1, num: 3}
+timing_steps: 0
+"""
 PROTOCOL = """tasks: [{name: quadratic_k100, options: {dim: 4}}]
 optimizers: [sgd]
 steps: 20
@@ -62,12 +77,18 @@ NOT_COMPUTING = ("tasks", "optimizers", "report")
 NOT_RECORDING = ("export-rule",)
 TIMING_KEYS = {"wall_time_s", "compile_time_s", "run_time_s", "timing", "date", "seconds_per_step",
                "wall_clock_speedup", "seconds"}  # fmt: skip
+# The quickstart's contenders that the runs keep (the driver filters `quickstart._contenders`).
+QUICKSTART = ("sgd", "adam", "nadamw_cosine", "celo", "evolved_sgd", "evolved_adamw")
 DRIVER = """
 import json, sys
+from l2o.cli import quickstart
 from l2o.cli.main import main
 import time
+argvs, keep = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+contenders = quickstart._contenders
+quickstart._contenders = lambda steps: [c for c in contenders(steps) if c[0] in keep]
 codes, seconds = [], []
-for argv in json.loads(sys.argv[1]):
+for argv in argvs:
     t0 = time.perf_counter()
     codes.append(main(argv))
     seconds.append(round(time.perf_counter() - t0, 2))
@@ -119,10 +140,12 @@ def two_runs(tmp_path_factory, subprocess_env):
         (folder / "meta.yaml").write_text((REPO / "configs" / "meta_tiny.yaml").read_text())
         (folder / "evolve.yaml").write_text((REPO / "configs" / "evolve_tiny.yaml").read_text())
         (folder / "protocol.yaml").write_text(PROTOCOL)
+        (folder / "evaluate.yaml").write_text(EVALUATE)
         argvs = [argv for argv, _ in COMMANDS.values()]
         env = {**subprocess_env, "PYTHONHASHSEED": hash_seed}
-        done = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(argvs)], cwd=folder,
-                              env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+        done = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(argvs),
+                               json.dumps(QUICKSTART)], cwd=folder,
+                              env=env, capture_output=True, text=True, timeout=1200)  # fmt: skip
         assert done.returncode == 0, done.stderr[-3000:]
         codes = json.loads((folder / "exit_codes.json").read_text())
         print(dict(zip(COMMANDS, codes["seconds"], strict=True)))
@@ -167,8 +190,23 @@ def test_results_record_versions_and_seeds(two_runs, command):
     versions, seed = _recorded(two_runs[0], command)
     assert {"python", "jax", "jaxlib", "optax", "numpy", "l2o"} <= set(versions), versions
     expected = {"train": 3, "meta-train": 0, "export": 0, "evolve": 0, "evaluate": [0],
-                "quickstart": [0], "targets": 1, "protocol": 1}  # fmt: skip
+                "quickstart": [0, 1], "targets": 1, "protocol": 1}  # fmt: skip
     assert seed == expected.get(command, (1, [1])), (command, seed)
+
+
+@pytest.mark.slow
+def test_quickstart_writes_a_report(two_runs):
+    out = two_runs[0] / "quickstart"
+    report = (out / "report.md").read_text()
+    assert "| digits_mlp | adam |" in report and "loss_curves.png" in report
+    assert "| digits_mlp | celo |" in report and "| rosenbrock | evolved_sgd |" in report
+    assert "| mnist1d_mlp | evolved_adamw |" in report
+    assert (out / "loss_curves.png").read_bytes()[:4] == b"\x89PNG"
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["runs"]) == {"digits_mlp", "mnist1d_mlp", "rosenbrock"}
+    assert set(QUICKSTART) <= {name for name, *_ in quickstart._contenders(5)}
+    assert all(set(runs) == set(QUICKSTART) for runs in results["runs"].values())
+    assert len(results["runs"]["rosenbrock"]["sgd"]["test_loss"]) == 2
 
 
 def test_timing_fields_are_the_only_ones_removed():

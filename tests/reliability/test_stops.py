@@ -18,6 +18,7 @@ import yaml
 from l2o.cli import quickstart
 from l2o.cli.main import main
 from l2o.cli.run_folder import LOCK_FILE
+from l2o.cli.stopping import stop_on_signals
 from l2o.evaluation import harness
 
 SUITE = {
@@ -167,3 +168,17 @@ def test_an_interrupted_quickstart_resumes_to_the_uninterrupted_result(
     assert main([*argv, "--out", str(out), "--resume"]) == 0
     assert len(calls) == 2 + 2  # the saved pair was not computed again
     assert _results(out) == _results(tmp_path / "whole")
+
+
+def test_a_signal_ignored_at_the_start_stays_ignored():
+    """A job started in the background by a script ignores SIGINT: a command keeps it so, and
+    still catches SIGTERM."""
+    sigint, sigterm = signal.signal(signal.SIGINT, signal.SIG_IGN), signal.getsignal(signal.SIGTERM)
+    try:
+        with stop_on_signals():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) not in (sigterm, signal.SIG_IGN)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) is sigterm
+    finally:
+        signal.signal(signal.SIGINT, sigint)

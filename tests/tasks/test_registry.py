@@ -23,19 +23,27 @@ def _task_or_skip(name):
 
 @pytest.mark.parametrize("name", list_tasks())
 def test_every_task_smoke(name):
+    """Shapes and dtypes of init, a batch and the loss (traced, not compiled: one compilation
+    per task, of the training run, whose every loss must be finite)."""
     task = _task_or_skip(name)
-    params = task.init(jax.random.key(0))
+
+    def first_loss(key):
+        params = task.init(key)
+        loss, aux = task.loss(params, jax.random.key(1), task.sample_batch(jax.random.key(2)))
+        return params, loss, aux
+
+    params, loss, aux = jax.eval_shape(first_loss, jax.random.key(0))
     leaves = jax.tree_util.tree_leaves(params)
     assert leaves and all(leaf.dtype == np.float32 for leaf in leaves)
-    loss, aux = task.loss(params, jax.random.key(1), task.sample_batch(jax.random.key(2)))
-    assert loss.shape == () and np.isfinite(loss)
-    assert all(np.shape(v) == () for v in aux.values())
+    assert loss.shape == () and all(np.shape(v) == () for v in aux.values())
 
     optimizer = optax.adam(SMOKE_LR.get(name, 3e-3))
     run = jax.jit(lambda t, k: train(t, optimizer, SMOKE_STEPS, k, eval_every=SMOKE_STEPS))
     state, metrics = run(task, jax.random.key(0))
     assert metrics["train_loss"].shape == (SMOKE_STEPS,)
     assert np.isfinite(metrics["train_loss"]).all()
+    assert jax.tree.structure(state.params) == jax.tree.structure(params)
+    assert set(aux) <= {metric.removeprefix("valid_") for metric in metrics}
     before, after = metrics["valid_loss"]
     assert after < before, f"{name}: valid loss {before} -> {after} did not fall"
     assert int(state.step) == SMOKE_STEPS

@@ -121,22 +121,6 @@ def test_tasks_lists_every_task(capsys):
         assert name in out
 
 
-@pytest.mark.slow
-def test_quickstart_writes_a_report(tmp_path, capsys):
-    code, out, _ = _run(
-        ["quickstart", "--out", str(tmp_path), "--steps", "40", "--seeds", "2"], capsys
-    )
-    assert code == 0
-    report = (tmp_path / "report.md").read_text()
-    assert "| digits_mlp | adam |" in report and "loss_curves.png" in report
-    assert "| digits_mlp | celo |" in report and "| rosenbrock | evolved_sgd |" in report
-    assert "| mnist1d_mlp | evolved_adamw |" in report
-    assert (tmp_path / "loss_curves.png").read_bytes()[:4] == b"\x89PNG"
-    results = json.loads((tmp_path / "results.json").read_text())
-    assert set(results["runs"]) == {"digits_mlp", "mnist1d_mlp", "rosenbrock"}
-    assert len(results["runs"]["rosenbrock"]["sgd"]["test_loss"]) == 2
-
-
 def test_console_entry_point_reports_errors_without_traceback():
     ok = subprocess.run([sys.executable, "-m", "l2o.cli", "tasks"], capture_output=True, text=True)
     assert ok.returncode == 0 and "rosenbrock" in ok.stdout
