@@ -39,8 +39,9 @@ def build_task(name: str, options: dict):
 
 def build_spec_task(spec):
     """The task of an evaluation `TaskSpec` (rescaled if it says so), bad options a UserError."""
-    task = build_task(spec.name, dict(spec.options))
-    return spec.build() if spec.rescale else task
+    from l2o.evaluation.harness import rescaled
+
+    return rescaled(build_task(spec.name, dict(spec.options)), spec.rescale)
 
 
 def build_family_tasks(spec) -> dict:

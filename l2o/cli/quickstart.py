@@ -35,10 +35,10 @@ OPTIMIZERS = (
 )
 LEARNING_RATES = log_grid(1e-4, 1.0, 9)
 PRETRAINED = Path(__file__).parents[1] / "pretrained"
-# The shipped meta-trained optimizer (its learning rate tuned and scheduled like NAdamW's) and
-# discovered rules: (name, file).
+# The shipped meta-trained optimizer, its learning rate tuned and scheduled like NAdamW's.
 LEARNED = OptimizerSpec("celo", file=str(PRETRAINED / "celo.safetensors"),
                         schedule="warmup_cosine", warmup=0.05)  # fmt: skip
+# The shipped discovered rules: (name, file).
 RULES = (
     ("evolved_sgd", PRETRAINED / "evolved_sgd_seed1.json"),
     ("evolved_adamw", PRETRAINED / "evolved_adamw.json"),

@@ -69,14 +69,17 @@ class TaskSpec:
         return self.label or self.name
 
     def build(self) -> Task:
-        """The task; with `rescale > 0`, in rescaled coordinates (`tasks.augment`): each
-        parameter tensor divided by a fixed scale `10^u`, `u ~ Uniform(-rescale, rescale)`
-        drawn with key 0."""
-        task = get_task(self.name, **self.options)
-        if not self.rescale:
-            return task
-        shapes = jax.eval_shape(task.init, jax.random.key(0))
-        return rescale_params(task, param_scales(jax.random.key(0), shapes, self.rescale))
+        """The task; with `rescale > 0`, in rescaled coordinates (`rescaled`)."""
+        return rescaled(get_task(self.name, **self.options), self.rescale)
+
+
+def rescaled(task: Task, log10_range: float) -> Task:
+    """`task` in coordinates rescaled per parameter tensor by fixed scales `10^u`,
+    `u ~ Uniform(-log10_range, log10_range)` drawn with key 0; `task` itself for 0."""
+    if not log10_range:
+        return task
+    shapes = jax.eval_shape(task.init, jax.random.key(0))
+    return rescale_params(task, param_scales(jax.random.key(0), shapes, log10_range))
 
 
 @dataclasses.dataclass(frozen=True)

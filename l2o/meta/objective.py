@@ -222,11 +222,12 @@ def truncation_loss(
     `(i + 1) * obj.eval_every` steps. The result is differentiable in `theta` (truncated
     backprop through the unroll).
     """
-    run = _restart_if_done(task, transform(theta), key, run, obj)
+    optimizer = transform(theta)
+    run = _restart_if_done(task, optimizer, key, run, obj)
     valid = obj.objective.endswith("valid")
     train, metrics = unroll(
         _task_of(task, run),
-        scheduled(transform(theta), obj, run.lr_factor, run.horizon),
+        scheduled(optimizer, obj, run.lr_factor, run.horizon),
         run.train,
         run.run_key,
         obj.truncation,
