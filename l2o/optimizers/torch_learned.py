@@ -395,14 +395,25 @@ def _factored_rsqrt(nu: torch.Tensor, shape, layout: str, eps: float = 1e-30) ->
 def _newton_schulz(x: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.Tensor:
     """About `U V^T` of the matrix `x = U S V^T` (`baselines.muon.newton_schulz`): `steps`
     quintic iterations `X <- a X + (b A + c A^2) X`, `A = X X^T` on the smaller Gram matrix,
-    from `X = x / (||x||_F + eps)`."""
+    from `X = x / (||x||_F + eps)`; through the Gram matrix when the long side is >= 2x the
+    short one."""
     a, b, c = NS_COEFFS
     wide = x.shape[0] <= x.shape[1]
     X = x if wide else x.T
     X = X / (torch.linalg.norm(X) + eps)
-    for _ in range(steps):
+    rows, cols = X.shape
+    if cols >= 2 * rows:
+        Q = torch.eye(rows, dtype=X.dtype, device=X.device)
         A = X @ X.T
-        X = torch.addmm(X, torch.addmm(A, A, A, beta=b, alpha=c), X, beta=a)
+        for _ in range(steps):
+            P = torch.addmm(A, A, A, beta=b, alpha=c)
+            P.diagonal().add_(a)
+            Q, A = P @ Q, P @ A @ P
+        X = Q @ X
+    else:
+        for _ in range(steps):
+            A = X @ X.T
+            X = torch.addmm(X, torch.addmm(A, A, A, beta=b, alpha=c), X, beta=a)
     return X if wide else X.T
 
 

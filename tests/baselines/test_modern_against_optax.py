@@ -15,6 +15,7 @@ import pytest
 
 import baselines
 import tasks
+from baselines.muon import NS_COEFFS
 from tasks.train import evaluation_params
 
 STEPS = 100
@@ -422,6 +423,22 @@ def test_newton_schulz_orthogonalises_roughly():
     assert np.sum(np.asarray(o) * (u @ vt)) > 0.8 * 5  # close to the polar factor U V^T
 
 
+@pytest.mark.parametrize("shape", [(300, 40), (40, 300), (40, 30)])
+def test_newton_schulz_matches_the_direct_iteration(shape):
+    """The Gram-matrix form (long side >= 2x the short one) and the direct form both give
+    Jordan's five quintic iterates, computed here in float64."""
+    a, b, c = NS_COEFFS
+    x = np.asarray(jax.random.normal(jax.random.key(4), shape), np.float64)
+    X = x.T if shape[0] > shape[1] else x
+    X = X / (np.linalg.norm(X) + 1e-7)
+    for _ in range(5):
+        A = X @ X.T
+        X = a * X + (b * A + c * A @ A) @ X
+    expected = X.T if shape[0] > shape[1] else X
+    o = np.asarray(baselines.newton_schulz(jnp.asarray(x, jnp.float32)))
+    np.testing.assert_allclose(o, expected, atol=1e-5 * np.abs(expected).max())
+
+
 def test_muon_mask_chooses_the_matrices():
     params = {"t": jnp.ones((2, 4, 3)), "w": jnp.ones((4, 3)), "b": jnp.ones((3,))}
     keys = dict(zip(params, jax.random.split(jax.random.key(1), 3), strict=True))
@@ -533,6 +550,9 @@ def test_training_run_matches_optax(name, training_runs):
     (ours_state, ours), (ref_state, ref) = training_runs[name]
     ours_loss, ref_loss = np.asarray(ours["train_loss"]), np.asarray(ref["train_loss"])
     assert ref_loss[-5:].mean() < 0.2 * ref_loss[:5].mean()  # it trains
-    np.testing.assert_allclose(ours_loss, ref_loss, rtol=TOLERANCE)
+    # Muon's 8x4 matrix takes the Gram-matrix form of Newton-Schulz, optax's the direct one:
+    # equal in exact arithmetic, rounded differently over 100 steps.
+    tolerance = 5 * TOLERANCE if name == "muon" else TOLERANCE
+    np.testing.assert_allclose(ours_loss, ref_loss, rtol=tolerance)
     params = jax.tree.map(lambda p: p[None], (ours_state.params, ref_state.params))
-    assert max_relative_error(*params) <= TOLERANCE
+    assert max_relative_error(*params) <= tolerance
