@@ -146,7 +146,8 @@ SHIPPED = [
     "evolve --config configs/evolve_adamw.yaml --generations 480",
     *[f"evaluate --config {p.relative_to(REPO)}" for p in sorted(CONFIGS.glob("*.yaml"))
       if p.name.startswith(("suite_", "eval_")) and p.name != "eval_andrychowicz.yaml"],
-    *[f"meta-train --config {p.relative_to(REPO)}" for p in sorted(CONFIGS.glob("meta_*.yaml"))],
+    *[f"meta-train --config {p.relative_to(REPO)}"
+      for p in sorted([*CONFIGS.glob("meta_*.yaml"), *CONFIGS.glob("ablation/meta_*.yaml")])],
     *[f"evolve --config {p.relative_to(REPO)}" for p in sorted(CONFIGS.glob("evolve_*.yaml"))],
 ]  # fmt: skip
 """The README's commands and every shipped config (eval_andrychowicz.yaml needs the optimizers
