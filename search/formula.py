@@ -354,8 +354,14 @@ def probe_stream(key: jax.Array, steps: int) -> dict[str, jax.Array]:
     return {"w": ws, "g": gs, "lr": lr, "t": jnp.arange(1, steps + 1, dtype=jnp.float32)}
 
 
-def _updates(program: Program, forms: dict[str, Form], stream) -> dict[str, list[np.ndarray]]:
-    """The updates `[steps, ...]` per tensor of the program (key "program") and of each form."""
+_probe_stream = jax.jit(probe_stream, static_argnums=1)
+
+
+def _updates(
+    program: Program, forms: dict[str, Form], key: jax.Array, steps: int
+) -> dict[str, list[np.ndarray]]:
+    """The updates `[steps, ...]` per tensor of the program (key "program") and of each form on
+    `probe_stream(key, steps)`."""
     zeros = [jnp.zeros(shape) for shape, _, _ in TENSORS]
     init = (
         [tuple(z for _ in range(program.num_state)) for z in zeros],
@@ -377,6 +383,7 @@ def _updates(program: Program, forms: dict[str, Form], stream) -> dict[str, list
                 new_states[name].append(following)
         return (new_slots, new_states), out
 
+    stream = _probe_stream(key, steps)  # compiled once per `steps`
     _, out = jax.jit(lambda stream: jax.lax.scan(body, init, stream))(stream)
     return {name: [np.asarray(u) for u in us] for name, us in out.items()}
 
@@ -453,8 +460,7 @@ def check_formula(
         raise ValueError("the Markdown must hold one $$ block")
     if blocks[0].strip() != latex.strip():
         forms["Markdown formula"] = parse_latex(blocks[0])
-    stream = probe_stream(jax.random.key(0) if key is None else key, steps)
-    updates = _updates(program, forms, stream)
+    updates = _updates(program, forms, jax.random.key(0) if key is None else key, steps)
     errors, first = {}, {}
     for name in forms:
         per_step = np.max(
