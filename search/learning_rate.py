@@ -24,7 +24,7 @@ LEARNING_RATES = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 # chooses nothing. (`lr` cancelled up to a guard, as in `normalize(lr g)` whose `+1e-12` acts
 # on gradients of 1e-8, leaves ~1e-4; float32 rounding ~1e-7.)
 RTOL = 1e-3
-NUM_STEPS = 64
+NUM_STEPS = 16  # lr reaches the update in step 1, through the state from step 2
 NUM_PARAMS = 32
 
 
@@ -48,6 +48,7 @@ def reads_learning_rate(program: Program) -> bool:
 def ignores_learning_rate(
     programs: Sequence[Program],
     *,
+    op_by_op: bool = False,
     num_steps: int = NUM_STEPS,
     num_params: int = NUM_PARAMS,
     seed: int = 0,
@@ -56,9 +57,15 @@ def ignores_learning_rate(
 
     A program that does not `reads_learning_rate` ignores it. The others run on
     `fingerprint_stream(num_steps, num_params, seed)` at each learning rate of
-    `LEARNING_RATES` (one program op by op, several vmapped through
-    `search.canonical.probe_updates`); a program ignores `lr` if its updates at every one equal
-    those at the first (to `RTOL` relatively; NaN and inf as themselves).
+    `LEARNING_RATES`; a program ignores `lr` if its updates are finite and those at every
+    learning rate equal those at the first (to `RTOL` relatively). Updates that overflow tell
+    nothing: such a rule counts as reading `lr` (and diverges when trained).
+
+    Args:
+      programs: the rules.
+      op_by_op: run each program through `search.interpreter.program_transform` (a small
+        compilation per program: for a few rules) instead of vmapped through the encoded
+        interpreter (`search.canonical.probe_updates`: one compilation for any population).
 
     Returns:
       One bool per program, in order.
@@ -68,12 +75,12 @@ def ignores_learning_rate(
     if not readers:
         return out
     ws, gs = fingerprint_stream(num_steps, num_params, seed)
-    if len(readers) == 1:  # one small compilation
-        updates = _updates_op_by_op(readers[0], ws, gs)[None]
-    else:  # one compilation for populations of any size
+    if op_by_op:
+        updates = np.stack([_updates_op_by_op(p, ws, gs) for p in readers])
+    else:
         updates = np.stack([probe_updates(readers, ws, gs, lr) for lr in LEARNING_RATES], 1)
     updates = updates.reshape(len(readers), len(LEARNING_RATES), -1)
-    close = np.isclose(updates, updates[:, :1], rtol=RTOL, atol=0.0, equal_nan=True)
+    close = np.isclose(updates, updates[:, :1], rtol=RTOL, atol=0.0) & np.isfinite(updates)
     same = iter(close.all(axis=(1, 2)))
     return [ignores or bool(next(same)) for ignores in out]
 
