@@ -22,6 +22,7 @@ import numpy as np
 
 from search.export import export_latex, export_markdown
 from search.interpreter import run_program
+from search.mutation import rng_from_key
 from search.ops import OPS, apply
 from search.program import Program
 
@@ -341,20 +342,18 @@ def run_form(form: Form, w, g, lr, t, state: dict[str, jax.Array]):
     return jnp.broadcast_to(env["u"], g.shape), following
 
 
-def probe_stream(key: jax.Array, steps: int) -> dict[str, jax.Array]:
+def probe_stream(key: jax.Array, steps: int) -> dict[str, np.ndarray]:
     """Weights and gradients of the `TENSORS` (normal, at their scales; tuples of `[steps, ...]`),
-    a learning rate per step (log-uniform over `LR_RANGE`) and `t = 1..steps`."""
-    keys = jax.random.split(key, 2 * len(TENSORS) + 1)
-    ws = tuple(scale_w * jax.random.normal(keys[2 * i], (steps, *shape))
-               for i, (shape, _, scale_w) in enumerate(TENSORS))  # fmt: skip
-    gs = tuple(scale_g * jax.random.normal(keys[2 * i + 1], (steps, *shape))
-               for i, (shape, scale_g, _) in enumerate(TENSORS))  # fmt: skip
-    low, high = np.log10(LR_RANGE)
-    lr = 10.0 ** jax.random.uniform(keys[-1], (steps,), minval=low, maxval=high)
-    return {"w": ws, "g": gs, "lr": lr, "t": jnp.arange(1, steps + 1, dtype=jnp.float32)}
-
-
-_probe_stream = jax.jit(probe_stream, static_argnums=1)
+    a learning rate per step (log-uniform over `LR_RANGE`) and `t = 1..steps`, float32, drawn by
+    a NumPy Generator seeded from `key` (`search.mutation.rng_from_key`)."""
+    rng = rng_from_key(key)
+    ws = tuple(np.float32(scale_w) * rng.standard_normal((steps, *shape), np.float32)
+               for shape, _, scale_w in TENSORS)  # fmt: skip
+    gs = tuple(np.float32(scale_g) * rng.standard_normal((steps, *shape), np.float32)
+               for shape, scale_g, _ in TENSORS)  # fmt: skip
+    lr = 10.0 ** rng.uniform(*np.log10(LR_RANGE), steps)
+    t = np.arange(1, steps + 1, dtype=np.float32)
+    return {"w": ws, "g": gs, "lr": lr.astype(np.float32), "t": t}
 
 
 def _updates(
@@ -383,7 +382,7 @@ def _updates(
                 new_states[name].append(following)
         return (new_slots, new_states), out
 
-    stream = _probe_stream(key, steps)  # compiled once per `steps`
+    stream = probe_stream(key, steps)
     _, out = jax.jit(lambda stream: jax.lax.scan(body, init, stream))(stream)
     return {name: [np.asarray(u) for u in us] for name, us in out.items()}
 

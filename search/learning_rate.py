@@ -15,8 +15,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from search.canonical import fingerprint_stream, probe_updates
+from search.canonical import probe_shapes, probe_updates
 from search.interpreter import program_transform
+from search.mutation import rng_from_key
 from search.program import LR, Program, state_register
 
 LEARNING_RATES = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
@@ -56,7 +57,7 @@ def ignores_learning_rate(
     """Per program, whether its update does not depend on `lr`.
 
     A program that does not `reads_learning_rate` ignores it. The others run on
-    `fingerprint_stream(num_steps, num_params, seed)` at each learning rate of
+    `probe_stream(num_steps, num_params, seed)` at each learning rate of
     `LEARNING_RATES`; a program ignores `lr` if its updates are finite and those at every
     learning rate equal those at the first (to `RTOL` relatively). Updates that overflow tell
     nothing: such a rule counts as reading `lr` (and diverges when trained).
@@ -74,7 +75,7 @@ def ignores_learning_rate(
     readers = [programs[i] for i, ignores in enumerate(out) if not ignores]
     if not readers:
         return out
-    ws, gs = fingerprint_stream(num_steps, num_params, seed)
+    ws, gs = probe_stream(num_steps, num_params, seed)
     if op_by_op:
         updates = np.stack([_updates_op_by_op(p, ws, gs) for p in readers])
     else:
@@ -83,6 +84,19 @@ def ignores_learning_rate(
     close = np.isclose(updates, updates[:, :1], rtol=RTOL, atol=0.0) & np.isfinite(updates)
     same = iter(close.all(axis=(1, 2)))
     return [ignores or bool(next(same)) for ignores in out]
+
+
+def probe_stream(num_steps: int, num_params: int, seed: int):
+    """Weights and gradients `(ws, gs)`, `[num_steps, ...]`, of the two tensors of
+    `search.canonical.probe_shapes(num_params)`: standard normal, the matrix's gradients 100x
+    smaller (float32, from a NumPy Generator seeded by `jax.random.key(seed)`)."""
+    rng = rng_from_key(jax.random.key(seed))
+    ws, gs = {}, {}
+    for name, shape in sorted(probe_shapes(num_params).items()):
+        scale = np.float32(0.01 if name == "matrix" else 1.0)
+        ws[name] = rng.standard_normal((num_steps, *shape), np.float32)
+        gs[name] = scale * rng.standard_normal((num_steps, *shape), np.float32)
+    return ws, gs
 
 
 def _updates_op_by_op(program: Program, ws, gs) -> np.ndarray:
