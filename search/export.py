@@ -308,9 +308,9 @@ def export_latex(program: Program) -> str:
     canonical program (`w, g`, `\\eta` the learning rate, `t = 1, 2, ...`, `m` or `s_1..s_k` the
     state, zero at first; `\\leftarrow` updates a state slot in place, a primed slot `m'` is its
     value at the next step), then `w \\leftarrow w - u`. Roots and logarithms take `|x|`;
-    the guards of `search.ops` that act only at extremes (divisors below `TINY` in magnitude,
-    `exp` and powers beyond `exp(MAX_EXP)`) are left out, so `search.formula.check_formula`
-    compares the formula with the rule."""
+    the guards of `search.ops` that act only at extremes (divisors and bases of powers below
+    `TINY` in magnitude, `exp` and powers beyond `exp(MAX_EXP)`) are left out, so
+    `search.formula.check_formula` compares the formula with the rule."""
     body = " \\\\\n".join(_tex_lines(_layout(program)))
     return f"\\begin{{aligned}}\n{body}\n\\end{{aligned}}"
 
@@ -335,9 +335,10 @@ def export_markdown(program: Program) -> str:
         "first; $\\leftarrow$ updates a state slot in place, a primed slot such as $m'$ "
         "(`new_m` in the table) is its value at the next step, and the weights move by "
         "$w \\leftarrow w - u$. $\\operatorname{clip}(x, c)$ limits $x$ to "
-        "$[-\\lvert c \\rvert, \\lvert c \\rvert]$. The rule also divides by $\\pm 10^{-12}$ where "
-        "a divisor is smaller in magnitude and keeps $\\exp$ and powers within "
-        "$[e^{-80}, e^{80}]$; the formula leaves these guards out.\n\n"
+        "$[-\\lvert c \\rvert, \\lvert c \\rvert]$. Where the formula does not say so, the rule "
+        "divides by $\\pm 10^{-12}$ for a divisor smaller in magnitude, raises "
+        "$\\max(\\lvert x \\rvert, 10^{-12})$ to powers, which it keeps within "
+        "$[e^{-80}, e^{80}]$, and caps $\\exp$ at $e^{80}$.\n\n"
     )
     return f"{text}$$\n{export_latex(program)}\n$$\n\n" + "\n".join(rows) + "\n"
 

@@ -56,11 +56,11 @@ def ignores_learning_rate(
 ) -> list[bool]:
     """Per program, whether its update does not depend on `lr`.
 
-    A program that does not `reads_learning_rate` ignores it. The others run on
-    `probe_stream(num_steps, num_params, seed)` at each learning rate of
-    `LEARNING_RATES`; a program ignores `lr` if its updates are finite and those at every
-    learning rate equal those at the first (to `RTOL` relatively). Updates that overflow tell
-    nothing: such a rule counts as reading `lr` (and diverges when trained).
+    A program that does not `reads_learning_rate` ignores it. The others run `num_steps` steps
+    on random weights and gradients of two tensors of about `num_params` entries (from `seed`)
+    at each learning rate of `LEARNING_RATES`; a program ignores `lr` if its updates are finite
+    and those at every learning rate equal those at the first (to `RTOL` relatively). Updates
+    that overflow tell nothing: such a rule counts as reading `lr` (and diverges when trained).
 
     Args:
       programs: the rules.
@@ -75,7 +75,7 @@ def ignores_learning_rate(
     readers = [programs[i] for i, ignores in enumerate(out) if not ignores]
     if not readers:
         return out
-    ws, gs = probe_stream(num_steps, num_params, seed)
+    ws, gs = _stream(num_steps, num_params, seed)
     if op_by_op:
         updates = np.stack([_updates_op_by_op(p, ws, gs) for p in readers])
     else:
@@ -86,7 +86,7 @@ def ignores_learning_rate(
     return [ignores or bool(next(same)) for ignores in out]
 
 
-def probe_stream(num_steps: int, num_params: int, seed: int):
+def _stream(num_steps: int, num_params: int, seed: int):
     """Weights and gradients `(ws, gs)`, `[num_steps, ...]`, of the two tensors of
     `search.canonical.probe_shapes(num_params)`: standard normal, the matrix's gradients 100x
     smaller (float32, from a NumPy Generator seeded by `jax.random.key(seed)`)."""

@@ -42,7 +42,7 @@ def suite_from_flags(
     return parse_suite(data, str(config) if config else "flags")
 
 
-def untuned_when_lr_is_ignored(suite, warn: bool = True):
+def untuned_when_lr_is_ignored(suite, *, warn: bool):
     """`suite` with each tuned rule file whose update does not depend on its learning rate
     (`search.learning_rate`) evaluated at its stored learning rate instead (tuning would run the
     same training at every point of the grid); with `warn`, one line on stderr for each."""
