@@ -9,9 +9,12 @@ them and drops as many of the oldest members. Fitness is the mean over proxy tas
 `log(tuned loss) - log(reference's tuned loss)`, where a tuned loss is the best over the
 learning-rate grid of the mean over seeds of the final validation loss; lower is better and the
 reference scores 0. Equivalent programs (`search.canonical`'s structural hash, then behaviour
-fingerprint) are evaluated once. Every `funnel_every` generations, and in `finish`, the best
-distinct programs are re-evaluated on the funnel suite; only those that beat or match the
-reference there are accepted as the run's best.
+fingerprint) are evaluated once. A rule whose update does not depend on the learning rate
+(`search.learning_rate`) is not trained: tuning its learning rate would choose nothing, so it
+scores `IGNORES_LR_FITNESS`, worse than any trained rule, and never enters the hall of fame.
+Every `funnel_every` generations, and in `finish`, the best distinct programs are re-evaluated
+on the funnel suite; only those that beat or match the reference there are accepted as the
+run's best.
 
 The state is plain JSON data (programs as `Program.to_json()`, the key as its key data), so a run
 can be checkpointed and resumed bit for bit.
@@ -32,6 +35,7 @@ import numpy as np
 from search.canonical import behaviour_fingerprints, structural_hash
 from search.encoding import encode_population, encoded_length
 from search.interpreter import population_losses
+from search.learning_rate import ignores_learning_rate
 from search.mutation import (
     KINDS,
     MutationConfig,
@@ -51,6 +55,9 @@ State = dict[str, Any]
 Metrics = dict[str, Any]
 TIMING_METRICS = ("eval_seconds", "programs_per_second", "funnel_seconds")
 FUNNEL_SEED_OFFSET = 1000
+# The fitness of a rule that ignores its learning rate: above any trained rule's, which is at most
+# log(PENALTY / loss_floor) (every task diverged).
+IGNORES_LR_FITNESS = 1e10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -239,37 +246,43 @@ def make_evolution(config: EvolutionConfig, proxy: Suite, funnel: Suite | None =
             if k not in cache and k not in misses:
                 misses[k] = i
         t0 = time.perf_counter()
-        if misses:
-            new = records(proxy, [programs[i] for i in misses.values()], B,
-                          state["reference"]["proxy"]["losses"])  # fmt: skip
-            cache.update(zip(misses, new, strict=True))
+        fresh = [programs[i] for i in misses.values()]
+        ignored = ignores_learning_rate(fresh) if fresh else []
+        trained = [p for p, ignores in zip(fresh, ignored, strict=True) if not ignores]
+        new = iter(records(proxy, trained, B, state["reference"]["proxy"]["losses"])
+                   if trained else ())  # fmt: skip
+        cache.update((k, _ignores_lr_record() if ignores else next(new))
+                     for k, ignores in zip(misses, ignored, strict=True))  # fmt: skip
         seconds = time.perf_counter() - t0
         out = [cache[k] for k in keys]
         counters = dict(state["counters"])
         counters["evaluated"] += len(misses)
         counters["cache_hits"] += len(programs) - len(misses)
         counters["penalized"] += sum(cache[k]["penalized"] for k in misses)
+        counters["ignores_lr"] = counters.get("ignores_lr", 0) + sum(ignored)
         state["counters"] = counters
         stats = {"evaluated": len(misses), "cache_hits": len(programs) - len(misses),
-                 "penalized": sum(r["penalized"] for r in out), "eval_seconds": seconds,
+                 "penalized": sum(r["penalized"] for r in out),
+                 "ignores_lr": sum(r.get("ignores_lr", False) for r in out),
+                 "eval_seconds": seconds,
                  "programs_per_second": len(misses) / seconds if seconds > 0 else 0.0}  # fmt: skip
         return state, out, stats, keys
 
     def admit(state: State, programs, keys, records_, generation: int) -> State:
-        """Add evaluated programs to the hall of fame (top-K distinct by fitness)."""
+        """Add evaluated programs to the hall of fame (top-K distinct by fitness; never a rule
+        that ignores its learning rate)."""
         fame = list(state["hall_of_fame"])
         known = {m["key"] for m in fame}
         for program, k, record in zip(programs, keys, records_, strict=True):
-            if k not in known:
+            if k not in known and not record.get("ignores_lr", False):
                 known.add(k)
                 fame.append({"program": program.to_json(), "key": k,
                              "fitness": record["fitness"], "found": generation})  # fmt: skip
         fame.sort(key=lambda m: m["fitness"])  # stable: the first found wins ties
         fame = fame[:K]
         state = {**state, "hall_of_fame": fame}
-        best = fame[0]["fitness"]
-        if state["best_fitness"] is None or best < state["best_fitness"]:
-            state["best_fitness"] = best
+        if fame and (state["best_fitness"] is None or fame[0]["fitness"] < state["best_fitness"]):
+            state["best_fitness"] = fame[0]["fitness"]
             state["last_improvement"] = generation
         return state
 
@@ -361,7 +374,7 @@ def make_evolution(config: EvolutionConfig, proxy: Suite, funnel: Suite | None =
             "hashes": {}, "hall_of_fame": [], "funnel": {}, "accepted": None,
             "best_fitness": None, "last_improvement": 0,
             "counters": {"proposed": 0, "rejected": 0, "evaluated": 0, "cache_hits": 0,
-                         "penalized": 0, "restarts": 0, "funnel_evaluated": 0},
+                         "penalized": 0, "ignores_lr": 0, "restarts": 0, "funnel_evaluated": 0},
         }  # fmt: skip
         proxy_ref, _ = tuned_losses(proxy, [reference], B)
         funnel_ref, _ = tuned_losses(funnel, [reference], K)
@@ -406,8 +419,8 @@ def make_evolution(config: EvolutionConfig, proxy: Suite, funnel: Suite | None =
             generation - state["last_improvement"] >= config.restart_after
         )
         if restart:
-            best = Program.from_json(state["hall_of_fame"][0]["program"])
-            starts = [best, *config.warm_starts]
+            starts = [Program.from_json(m["program"]) for m in state["hall_of_fame"][:1]]
+            starts += config.warm_starts
             programs = seed_population(rng_from_key(restart_key), starts, 0)
             state["counters"] = {**state["counters"],
                                  "proposed": state["counters"]["proposed"] + len(programs),
@@ -415,7 +428,7 @@ def make_evolution(config: EvolutionConfig, proxy: Suite, funnel: Suite | None =
             state, restart_members, restart_stats = populate(state, programs, generation)
             state["population"] = restart_members
             state["last_improvement"] = generation
-            for name in ("evaluated", "penalized", "eval_seconds"):
+            for name in ("evaluated", "penalized", "ignores_lr", "eval_seconds"):
                 stats[name] += restart_stats[name]
         metrics = {
             "invalid_rate": rejected / (rejected + B),
@@ -453,9 +466,17 @@ def _accepted(key: str, record: dict) -> dict:
             "funnel_lr_index": record["lr_index"], "simplified": False}  # fmt: skip
 
 
+def _ignores_lr_record() -> dict:
+    """The proxy record of a rule that ignores its learning rate (not trained)."""
+    return {"fitness": IGNORES_LR_FITNESS, "losses": [], "lr_index": [], "penalized": False,
+            "ignores_lr": True}  # fmt: skip
+
+
 def best_program(state: State) -> tuple[Program, bool]:
     """The run's best program and whether it passed the funnel (else: the best by proxy
-    fitness)."""
+    fitness); ValueError if every rule evaluated ignores its learning rate."""
     if state["accepted"] is not None:
         return Program.from_json(state["accepted"]["program"]), True
+    if not state["hall_of_fame"]:
+        raise ValueError("every rule the search evaluated ignores its learning rate")
     return Program.from_json(state["hall_of_fame"][0]["program"]), False

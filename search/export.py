@@ -110,7 +110,7 @@ LATEX: dict[str, str] = {
     "is_positive": r"[@0 > 0]",
     "scale": r"@0 \, @1",
     "clip_by_norm": r"@0 \min\left(1, \frac{\lvert @1 \rvert}{\lVert @0 \rVert}\right)",
-    "normalize": r"\frac{@0}{\operatorname{rms}(@0)}",
+    "normalize": r"\frac{@0}{\operatorname{rms}(@0) + 10^{-12}}",
     "norm": r"\lVert @0 \rVert",
     "rms": r"\operatorname{rms}(@0)",
     "mean": r"\operatorname{mean}(@0)",
@@ -170,6 +170,7 @@ class _Rule(NamedTuple):
     new_state: list[_Value]
     state: list[_Value]
     factored: bool  # u = lr d, with lr read nowhere else
+    carried: list[tuple[_Value, _Value]]  # (s', value): next states no line of the slot shows
 
 
 def _py_number(value: float) -> str:
@@ -269,7 +270,11 @@ def _layout(program: Program) -> _Rule:
     else:
         update = current[program.update]
     new_state = [current[r] for r in program.new_state]
-    return _Rule(program, lines, update, new_state, state, factored)
+    shown = set(state_of.values())  # a slot takes a value no line of its own writes (`s1' = g`)
+    carried = [(_Value(f"new_{s.py}", f"{s.tex}'"), value)
+               for i, (s, value) in enumerate(zip(state, new_state, strict=True))
+               if i not in shown and value != s]  # fmt: skip
+    return _Rule(program, lines, update, new_state, state, factored, carried)
 
 
 def _py_expression(line: _Line) -> str:
@@ -289,6 +294,7 @@ def _tex_lines(rule: _Rule) -> list[str]:
         expression = _fill(LATEX[line.inst.op], [x.tex for x in line.operands], c, d)
         relation = r"\leftarrow" if line.reassigns else "="
         out.append(f"{line.name.tex} &{relation} {expression}")
+    out += [f"{name.tex} &= {value.tex}" for name, value in rule.carried]
     if rule.factored:
         out.append(rf"u &= \eta \, {rule.update.tex}")
     elif rule.update.tex != "u":  # the update is a state slot or an input
@@ -300,9 +306,11 @@ def _tex_lines(rule: _Rule) -> list[str]:
 def export_latex(program: Program) -> str:
     """The update rule as a LaTeX `aligned` block: one equation per live instruction of the
     canonical program (`w, g`, `\\eta` the learning rate, `t = 1, 2, ...`, `m` or `s_1..s_k` the
-    state, zero at first; `\\leftarrow` updates a state slot in place), then `w \\leftarrow w -
-    u`. Division is guarded against zero and roots and logarithms take `|x|`, as `search.ops`
-    says."""
+    state, zero at first; `\\leftarrow` updates a state slot in place, a primed slot `m'` is its
+    value at the next step), then `w \\leftarrow w - u`. Roots and logarithms take `|x|`;
+    the guards of `search.ops` that act only at extremes (divisors and bases of powers below
+    `TINY` in magnitude, `exp` and powers beyond `exp(MAX_EXP)`) are left out, so
+    `search.formula.check_formula` compares the formula with the rule."""
     body = " \\\\\n".join(_tex_lines(_layout(program)))
     return f"\\begin{{aligned}}\n{body}\n\\end{{aligned}}"
 
@@ -316,13 +324,21 @@ def export_markdown(program: Program) -> str:
         operands = ", ".join(x.py.strip("()") for x in line.operands)
         const = _py_number(line.inst.const) if OPS[line.inst.op].uses_const else ""
         rows.append(f"| {n} | {line.name.py} | {line.inst.op} | {operands} | {const} |")
+    for name, value in rule.carried:
+        rows.append(f"| {len(rows) - 1} | {name.py} | copy | {value.py} | |")
     if rule.factored:
-        rows.append(f"| {len(rule.lines) + 1} | u | mul | lr, {rule.update.py} | |")
+        rows.append(f"| {len(rows) - 1} | u | mul | lr, {rule.update.py} | |")
     elif rule.update.py != "u":
-        rows.append(f"| {len(rule.lines) + 1} | u | copy | {rule.update.py.strip('()')} | |")
+        rows.append(f"| {len(rows) - 1} | u | copy | {rule.update.py.strip('()')} | |")
     text = (
         "Per parameter tensor, with $t = 1, 2, \\dots$ counting updates and the state zero at "
-        "first; the weights move by $w \\leftarrow w - u$.\n\n"
+        "first; $\\leftarrow$ updates a state slot in place, a primed slot such as $m'$ "
+        "(`new_m` in the table) is its value at the next step, and the weights move by "
+        "$w \\leftarrow w - u$. $\\operatorname{clip}(x, c)$ limits $x$ to "
+        "$[-\\lvert c \\rvert, \\lvert c \\rvert]$. Where the formula does not say so, the rule "
+        "divides by $\\pm 10^{-12}$ for a divisor smaller in magnitude, raises "
+        "$\\max(\\lvert x \\rvert, 10^{-12})$ to powers, which it keeps within "
+        "$[e^{-80}, e^{80}]$, and caps $\\exp$ at $e^{80}$.\n\n"
     )
     return f"{text}$$\n{export_latex(program)}\n$$\n\n" + "\n".join(rows) + "\n"
 

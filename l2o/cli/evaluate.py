@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,29 @@ def suite_from_flags(
     if not data.get("tasks") or not data.get("optimizers"):
         raise UserError("give --config FILE, or both --tasks and --optimizers")
     return parse_suite(data, str(config) if config else "flags")
+
+
+def untuned_when_lr_is_ignored(suite, *, warn: bool):
+    """`suite` with each tuned rule file whose update does not depend on its learning rate
+    (`search.learning_rate`) evaluated at its stored learning rate instead (tuning would run the
+    same training at every point of the grid); with `warn`, one line on stderr for each."""
+    from l2o.evaluation.harness import RULE_SUFFIX
+    from search.learning_rate import ignores_learning_rate
+    from search.rule_file import default_learning_rate, read_rule
+
+    optimizers = []
+    for spec in suite.optimizers:
+        if spec.tune_lr and spec.file.endswith(RULE_SUFFIX):
+            program, metadata = read_rule(spec.file)  # checked when the suite was parsed
+            if ignores_learning_rate([program], op_by_op=True)[0]:
+                spec = dataclasses.replace(spec, tune_lr=False)
+                if warn:
+                    lr = default_learning_rate(spec.file, metadata)
+                    print(f"l2o: warning: {spec.key}: the rule's update does not depend on its "
+                          f"learning rate, so tuning it would choose nothing; evaluated at its "
+                          f"learning rate {lr:g} only", file=sys.stderr)  # fmt: skip
+        optimizers.append(spec)
+    return dataclasses.replace(suite, optimizers=tuple(optimizers))
 
 
 def check_suite_runs(suite) -> list[tuple[str, str, int, bool]]:
@@ -95,13 +119,18 @@ def run_evaluate_command(
     rerun computes only the others.
 
     With several processes (`l2o.cli.distributed`), every process computes and process 0 writes.
-    A suite whose memory estimate (`l2o.cli.resources`) is above `max_memory` is refused.
+    A suite whose memory estimate (`l2o.cli.resources`) is above `max_memory` is refused. A rule
+    file whose update ignores its learning rate is not tuned (`untuned_when_lr_is_ignored`);
+    its results say so (`tuning.lr_insensitive`).
     """
     from l2o.cli.resources import check_memory
 
+    writer = is_writer()
+    tuned = {spec.key for spec in suite.optimizers if spec.tune_lr}
+    suite = untuned_when_lr_is_ignored(suite, warn=writer)
+    ignoring = tuned - {spec.key for spec in suite.optimizers if spec.tune_lr}
     calls = evaluate_calls(suite, check_suite_runs(suite))
     check_memory(calls, max_memory, "steps, seeds, the number of learning rates or tasks")
-    writer = is_writer()
     out = on_writer(lambda: claim(out, resume=resume, overwrite=overwrite)) or out
     pairs = PairFiles(out, dataclasses.asdict(suite), resume=resume, writer=writer)
     t0 = time.perf_counter()
@@ -116,6 +145,9 @@ def run_evaluate_command(
         results_by_task = evaluate_suite(suite, on_pair=on_pair, memo=pairs.run)
     if not writer:
         return 0
+    for by_optimizer in results_by_task.values():
+        for key in ignoring:
+            by_optimizer[key]["tuning"]["lr_insensitive"] = True
     results = {
         "command": "evaluate",
         "suite": dataclasses.asdict(suite),

@@ -278,13 +278,19 @@ def run_evolve_command(
             history.append(row)
             timing.append(times)
             unsaved.append(metrics)
-            bar.update(job, completed=state["generation"],
-                       description=f"evolve (best {state['best_fitness']:+.4f})")  # fmt: skip
+            best = state["best_fitness"]  # None while every rule ignores its learning rate
+            text = "evolve" if best is None else f"evolve (best {best:+.4f})"
+            bar.update(job, completed=state["generation"], description=text)
             if state["generation"] % run.checkpoint_every == 0:
                 save()
         if unsaved:
             save()
     state, final = evolution.finish(state)
+    if state["accepted"] is None and not state["hall_of_fame"]:
+        raise UserError(
+            "every rule the search evaluated ignores its learning rate: no best_rule.json "
+            f"written (the checkpoints in {out} hold the search)"
+        )
     program, metadata = _rule_metadata(run, data, state)
     if not writer:
         return 0
@@ -308,9 +314,11 @@ def run_evolve_command(
     except ValueError as e:
         raise UserError(f"best_rule.json not written: {e} (see evolution.json)") from None
     verdict = "passed the funnel" if metadata["passed_funnel"] else "did NOT pass the funnel"
+    ignored = state["counters"].get("ignores_lr", 0)
     print(
         f"evolution done: {state['generation']} generations; best rule (fitness "
         f"{metadata['fitness']:+.4f} vs {run.reference} 0, {verdict}; closest to "
-        f"{metadata['closest_reference']['name']}) written to {out / 'best_rule.json'}"
+        f"{metadata['closest_reference']['name']}) written to {out / 'best_rule.json'}; "
+        f"{ignored} rules rejected because their update ignores the learning rate"
     )
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import keyword
+import sys
 import zipfile
 from pathlib import Path
 
@@ -93,8 +94,16 @@ def run_export_torch_command(path: Path, out: Path | None, name: str) -> int:
 
 def run_export_rule_command(rule_path: Path, out: Path, name: str, fmt: str = "optax") -> int:
     """Write `out/NAME.py` (an optax module), `NAME.md` and `NAME.tex` of a rule file; with
-    `fmt` "torch", only `out/NAME.py`, a PyTorch module defining the optimizer class `Name`."""
+    `fmt` "torch", only `out/NAME.py`, a PyTorch module defining the optimizer class `Name`;
+    "markdown" or "latex", only `NAME.md` or `NAME.tex`.
+
+    Every format prints the rule's formula (the modules in their docstrings): a rule whose
+    formula does not give its updates over `search.formula.STEPS` steps of random inputs is
+    refused, and nothing is written. A rule whose update does not depend on its learning rate
+    is written with a warning on stderr."""
     from search.export import export_latex, export_markdown, export_python, export_torch
+    from search.formula import check_formula
+    from search.learning_rate import ignores_learning_rate
     from search.rule_file import read_rule
 
     if not name.isidentifier() or keyword.iskeyword(name):
@@ -105,26 +114,32 @@ def run_export_rule_command(rule_path: Path, out: Path, name: str, fmt: str = "o
         raise UserError(str(e)) from None
     lr = metadata.get("learning_rate")
     lr = float(lr) if isinstance(lr, int | float) and not isinstance(lr, bool) else None
+    description = "An evolved update rule."
     try:
+        latex, markdown = export_latex(program), export_markdown(program)
         if fmt == "torch":
             if name in ("torch", "math"):
                 raise ValueError(f"--name {name} would shadow the module {name} it imports")
             camel = "".join(part[:1].upper() + part[1:] for part in name.split("_"))
-            texts = {
-                f"{name}.py": export_torch(
-                    program, name=camel, learning_rate=lr, description="An evolved update rule."
-                )
-            }
+            code = export_torch(program, name=camel, learning_rate=lr, description=description)
+            texts = {f"{name}.py": code}
+        elif fmt == "optax":
+            code = export_python(program, name=name, learning_rate=lr, description=description)
+            texts = {f"{name}.py": code, f"{name}.md": markdown, f"{name}.tex": latex}
         else:
-            texts = {
-                f"{name}.py": export_python(
-                    program, name=name, learning_rate=lr, description="An evolved update rule."
-                ),
-                f"{name}.md": export_markdown(program),
-                f"{name}.tex": export_latex(program),
-            }
+            texts = {f"{name}.md": markdown} if fmt == "markdown" else {f"{name}.tex": latex}
+        report = check_formula(program, latex=latex, markdown=markdown)
     except ValueError as e:
         raise UserError(f"cannot export {rule_path}: {' '.join(str(e).split())}") from None
+    if not report.ok:
+        raise UserError(
+            f"cannot export {rule_path}: its printed formula is not the rule: {report.summary()}; "
+            "nothing written"
+        )
+    if ignores_learning_rate([program], op_by_op=True)[0]:
+        print(f"l2o: warning: {rule_path}: the rule's update does not depend on its learning rate "
+              "(its step size is fixed by its constants; tuning lr chooses nothing)",
+              file=sys.stderr)  # fmt: skip
     out = check_writable_dir(out)
     for filename, text in texts.items():
         write_bytes_atomic(out / filename, text.encode())

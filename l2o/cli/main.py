@@ -400,17 +400,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evolve)
 
     p = sub.add_parser(
-        "export-rule", help="write a rule file as optax Python, Markdown and LaTeX, or as PyTorch"
+        "export-rule",
+        help="write a rule file as optax Python, Markdown and LaTeX, or as PyTorch; a rule whose "
+        "printed formula is not the rule is refused",
     )
     p.add_argument("rule", help="rule file (e.g. best_rule.json of `l2o evolve`)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--name", default="discovered", help="module and function name")
     p.add_argument(
         "--format",
-        choices=("optax", "torch"),
+        choices=("optax", "torch", "markdown", "latex"),
         default="optax",
         help="optax: NAME.py (jax and optax), NAME.md, NAME.tex; torch: NAME.py, a "
-        "torch.optim.Optimizer class",
+        "torch.optim.Optimizer class; markdown: NAME.md; latex: NAME.tex",
     )
     p.set_defaults(func=cmd_export_rule)
 

@@ -1,6 +1,6 @@
 """Regularized evolution on a tiny quadratic: it improves on a bad warm start, is deterministic,
-resumes exactly from its JSON state, caches equivalent programs, penalizes divergence, restarts,
-and keeps its compiled shapes.
+resumes exactly from its JSON state, caches equivalent programs, penalizes divergence, rejects
+rules that ignore the learning rate, restarts, and keeps its compiled shapes.
 
 Every test uses one task object and one set of shapes, so the module compiles the population
 interpreter once.
@@ -15,7 +15,14 @@ import jax
 import numpy as np
 import pytest
 
-from search.evolution import EvolutionConfig, Suite, best_program, make_evolution
+from search.evolution import (
+    IGNORES_LR_FITNESS,
+    EvolutionConfig,
+    Suite,
+    best_program,
+    make_evolution,
+)
+from search.learning_rate import ignores_learning_rate
 from search.mutation import MutationConfig
 from search.objective import PENALTY
 from search.program import LR, NUM_FIXED, G, Instruction, Program
@@ -116,10 +123,10 @@ def _renamed_sgd_with_dead_code() -> Program:
 
 
 def _blow_up() -> Program:
-    """`u = (1e20 g)^3`, which overflows to inf."""
+    """`u = lr (1e20 g)^3`, which overflows to inf."""
     return Program(
         (Instruction("const", R, (), 1e20), Instruction("scale", R, (R, G)),
-         Instruction("cube", R, (R,))),
+         Instruction("cube", R, (R,)), Instruction("mul", R, (LR, R))),
         update=R,
     )  # fmt: skip
 
@@ -146,6 +153,32 @@ def test_diverging_programs_get_the_penalty_and_are_counted(run):
     assert bad["losses"] == [PENALTY] and np.isfinite(bad["fitness"])
     assert bad["fitness"] > 10
     assert stats["penalized"] == 1 and state["counters"]["penalized"] >= 1
+
+
+def test_rules_that_ignore_the_learning_rate_are_not_trained_and_never_win(run):
+    """`u = 0.01 g` steps as far as `lr 10 g` at lr 1e-3, which beats SGD here; but tuning its
+    learning rate would choose nothing, so it is rejected without training."""
+    state, _ = run
+    fixed = Program((Instruction("scale_c", R, (G,), 0.01),), R)
+    twin = Program((Instruction("scale_c", R, (G,), 10.0), Instruction("mul", R, (LR, R))), R)
+    before = dict(state["counters"])
+    state, (ignored, trained), stats = EVOLUTION.evaluate(state, [fixed, twin])
+    assert trained["fitness"] < -0.5 and not trained.get("ignores_lr")
+    assert ignored == {"fitness": IGNORES_LR_FITNESS, "losses": [], "lr_index": [],
+                       "penalized": False, "ignores_lr": True}  # fmt: skip
+    assert stats["ignores_lr"] == 1 and stats["evaluated"] == 2
+    assert state["counters"]["ignores_lr"] == before["ignores_lr"] + 1
+    # The run met such rules among its mutants and kept them out of the hall of fame.
+    run_state, _ = run
+    assert run_state["counters"]["ignores_lr"] > 0
+    fame = [Program.from_json(m["program"]) for m in run_state["hall_of_fame"]]
+    assert fame and not any(ignores_learning_rate(fame))
+    assert max(m["fitness"] for m in run_state["population"]) == IGNORES_LR_FITNESS
+
+
+def test_a_search_of_rules_that_all_ignore_lr_has_no_best():
+    with pytest.raises(ValueError, match="ignores its learning rate"):
+        best_program({"accepted": None, "hall_of_fame": []})
 
 
 def test_restarts_reseed_from_the_best_and_the_warm_starts():

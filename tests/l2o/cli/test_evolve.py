@@ -1,5 +1,6 @@
 """`l2o evolve` and `l2o export-rule`: exact resume after SIGKILL (and a torn checkpoint), the
-outputs, bad configs and bad rule files."""
+outputs, bad configs and bad rule files; a formula that is not the rule is refused, a rule that
+ignores its learning rate is flagged."""
 
 import importlib.util
 import json
@@ -20,7 +21,9 @@ import yaml
 import search
 from l2o.cli.evolve import save_checkpoint
 from l2o.cli.main import main
+from search import export
 from search.interpreter import program_transform
+from search.program import NUM_FIXED, G, Instruction, Program
 from search.programs_library import get_program
 from search.rule_file import read_rule, save_rule
 
@@ -178,6 +181,52 @@ def test_export_rule_as_torch_writes_one_module_whose_optimizer_trains(tmp_path)
         torch.sum(w * w).backward()
         optimizer.step()
     assert float(torch.sum(w.detach() ** 2)) < 0.1
+
+
+@pytest.mark.parametrize("fmt, export_of", [("markdown", "export_markdown"),
+                                            ("latex", "export_latex")])  # fmt: skip
+def test_export_rule_as_markdown_or_latex_writes_that_file(tmp_path, capsys, fmt, export_of):
+    program = get_program("adam")
+    save_rule(tmp_path / "rule.json", program, {"learning_rate": 0.01})
+    out = tmp_path / "exported"
+    assert main(["export-rule", str(tmp_path / "rule.json"), "--out", str(out), "--name", "adam",
+                 "--format", fmt]) == 0  # fmt: skip
+    (written,) = out.iterdir()
+    assert written.name == f"adam.{'md' if fmt == 'markdown' else 'tex'}"
+    assert written.read_text() == getattr(export, export_of)(program)
+    assert capsys.readouterr().err == ""
+
+
+SHIPPED_RULE = REPO / "l2o" / "pretrained" / "evolved_adamw.json"
+
+
+@pytest.mark.parametrize("fmt", ["optax", "latex"])
+def test_export_rule_refuses_a_formula_that_is_not_the_rule(tmp_path, capsys, monkeypatch, fmt):
+    """The shipped rule's `log(0.5195^t + 1e-12)` printed without its epsilon is `t log 0.5195`,
+    right for the first ~30 steps only: refused, and nothing written."""
+    monkeypatch.setitem(export.LATEX, "log_abs", r"\log(\lvert @0 \rvert)")
+    out = tmp_path / "out"
+    code = main(["export-rule", str(SHIPPED_RULE), "--out", str(out), "--format", fmt])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert "printed formula is not the rule" in err and "LaTeX" in err and "from step" in err
+    assert not out.exists()
+
+
+def test_export_rule_warns_when_the_update_ignores_the_learning_rate(tmp_path, capsys):
+    r = NUM_FIXED + 1
+    fixed = Program((Instruction("scale_c", r, (G,), 0.01),), r)  # u = 0.01 g
+    for program, name in ((fixed, "fixed"), (get_program("sgd"), "sgd")):
+        save_rule(tmp_path / f"{name}.json", program, {"learning_rate": 0.01})
+        args = ["export-rule", str(tmp_path / f"{name}.json"), "--out", str(tmp_path / name)]
+        assert main([*args, "--format", "markdown"]) == 0
+        err = capsys.readouterr().err
+        assert (tmp_path / name / "discovered.md").exists()
+        if name == "fixed":
+            assert err.startswith("l2o: warning:") and err.count("\n") == 1, err
+            assert "does not depend on its learning rate" in err
+        else:
+            assert err == ""
 
 
 @pytest.mark.parametrize(

@@ -183,6 +183,36 @@ def test_optimizer_files_are_evaluated_like_baselines(tmp_path, capsys):
     assert "| rosenbrock | ladam | - |" in (out / "report.md").read_text()
 
 
+def test_a_rule_file_that_ignores_its_learning_rate_is_evaluated_once(tmp_path, capsys):
+    """`u = 0.01 g` has its step size in a constant: every point of the grid would train the same
+    run. It runs at its stored learning rate only, with one warning, and the report says why."""
+    from search.program import NUM_FIXED, G, Instruction, Program
+    from search.rule_file import save_rule
+
+    r = NUM_FIXED + 1
+    fixed = Program((Instruction("scale_c", r, (G,), 0.01),), r)
+    save_rule(tmp_path / "fixed.json", fixed, {"learning_rate": 0.003})
+    out = tmp_path / "eval"
+    optimizers = f"sgd,{tmp_path / 'fixed.json'}"
+    code = main(["evaluate", "--tasks", "rosenbrock", "--optimizers", optimizers, "--steps", "20",
+                 "--seeds", "1", "--lr-num", "4", "--lr-low", "1e-4", "--lr-high", "1e-1",
+                 "--out", str(out)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 0, err
+    warnings = [line for line in err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "fixed" in warnings[0]
+    assert "does not depend on its learning rate" in warnings[0] and "0.003" in warnings[0]
+    results = json.loads((out / "results.json").read_text())
+    runs = results["tasks"]["rosenbrock"]
+    assert (
+        runs["fixed"]["lr_grid"] == [pytest.approx(0.003)]
+        and runs["fixed"]["tuning"]["lr_insensitive"]
+    )
+    assert len(runs["sgd"]["lr_grid"]) >= 4 and not runs["sgd"]["tuning"]["lr_insensitive"]
+    assert [o["tune_lr"] for o in results["suite"]["optimizers"]] == [True, False]
+    assert "| rosenbrock | fixed | 0.003 **(no effect" in (out / "report.md").read_text()
+
+
 @pytest.mark.parametrize("entry, message", [
     ("nothere.safetensors", "no optimizer file"),
     ("{file: x.pkl}", "must be a path ending in .json or .safetensors"),
