@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 from pathlib import Path
 
 import haiku as hk
@@ -22,20 +21,10 @@ import jax.numpy as jnp
 import optax
 
 import tasks
+from bench.timing import best_time
 from tasks import networks
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-def best_time(fn, *args, repeats: int) -> float:
-    """Best wall-clock seconds of `fn(*args)` over `repeats` calls, after one warm-up call."""
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def hand_written_loop(task: tasks.Task, optimizer: optax.GradientTransformation, steps: int):

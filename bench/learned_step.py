@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
+from functools import partial
 from pathlib import Path
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -23,6 +23,7 @@ import jax  # noqa: E402
 import optax  # noqa: E402
 
 import tasks  # noqa: E402
+from bench.timing import interleaved_best  # noqa: E402
 from l2o.optimizers.registry import LEARNED_OPTIMIZERS, get_learned  # noqa: E402
 
 # Extra configurations shown next to the defaults: name, architecture, config.
@@ -57,13 +58,9 @@ def main() -> None:
 
     task = tasks.get_task("mnist_mlp", hidden=(128, 128))
     runs = compiled_runs(task, args.steps, not args.no_variants)
-    best = dict.fromkeys(runs, float("inf"))
     key = jax.random.key(1)
-    for _ in range(args.rounds):  # interleaved, so drifting machine load hits all alike
-        for label, (fn, theta) in runs.items():
-            t0 = time.perf_counter()
-            jax.block_until_ready(fn(task, theta, key))
-            best[label] = min(best[label], time.perf_counter() - t0)
+    calls = {label: partial(fn, task, theta, key) for label, (fn, theta) in runs.items()}
+    best = interleaved_best(calls, args.rounds)
 
     reference = best["adam (optax)"]
     print(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
+from functools import partial
 from pathlib import Path
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as `l2o` sets it: see l2o/cli/main.py
@@ -25,6 +25,7 @@ import jax  # noqa: E402
 
 import tasks  # noqa: E402
 from baselines import get_optimizer  # noqa: E402
+from bench.timing import interleaved_best  # noqa: E402
 
 NAMES = ("adam", "adamw", "nadamw", "muon", "schedule_free_adamw", "adafactor", "prodigy", "sophia",
          "shampoo")  # fmt: skip
@@ -52,13 +53,9 @@ def main() -> None:
 
     task = tasks.get_task("mnist_mlp", hidden=(128, 128))
     runs = compiled_runs(task, args.steps)
-    best = dict.fromkeys(runs, float("inf"))
     key = jax.random.key(1)
-    for _ in range(args.rounds):  # interleaved, so drifting machine load hits all alike
-        for name, fn in runs.items():
-            t0 = time.perf_counter()
-            jax.block_until_ready(fn(task, key))
-            best[name] = min(best[name], time.perf_counter() - t0)
+    calls = {name: partial(fn, task, key) for name, fn in runs.items()}
+    best = interleaved_best(calls, args.rounds)
 
     reference = best["adam"]
     print(

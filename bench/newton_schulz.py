@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
-import time
+from functools import partial
 from pathlib import Path
 from unittest import mock
 
@@ -33,6 +33,7 @@ import baselines  # noqa: E402
 import l2o.optimizers.celo  # noqa: E402
 import tasks  # noqa: E402
 from baselines.muon import NS_COEFFS  # noqa: E402
+from bench.timing import best_time, interleaved_best  # noqa: E402
 
 SHAPES = ((784, 128), (128, 128), (128, 10))
 MUON_MODULE = importlib.import_module("baselines.muon")  # `baselines.muon` is the function
@@ -51,16 +52,6 @@ def direct_newton_schulz(x, ns_coeffs=NS_COEFFS, ns_steps=5, eps=1e-7):
 
     X = jax.lax.fori_loop(0, ns_steps, iteration, X)
     return X if wide else X.T
-
-
-def best_time(fn, args, rounds: int) -> float:
-    jax.block_until_ready(fn(*args))
-    best = float("inf")
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def training_runs(task: tasks.Task, steps: int) -> dict:
@@ -100,19 +91,15 @@ def main() -> None:
     print("Newton-Schulz alone (5 steps), ms:")
     for shape in SHAPES:
         x = jax.random.normal(jax.random.key(1), shape)
-        direct = best_time(jax.jit(direct_newton_schulz), (x,), 20)
-        gram = best_time(jax.jit(baselines.newton_schulz), (x,), 20)
+        direct = best_time(jax.jit(direct_newton_schulz), x, repeats=20)
+        gram = best_time(jax.jit(baselines.newton_schulz), x, repeats=20)
         print(f"  {shape}: direct {1e3 * direct:.3f}, ours {1e3 * gram:.3f} ({direct / gram:.2f}x)")
 
     task = tasks.get_task("mnist_mlp", hidden=(128, 128))
     runs = training_runs(task, args.steps)
-    best = dict.fromkeys(runs, float("inf"))
     key = jax.random.key(2)
-    for _ in range(args.rounds):  # interleaved, so drifting machine load hits all alike
-        for label, (fn, theta) in runs.items():
-            t0 = time.perf_counter()
-            jax.block_until_ready(fn(task, theta, key))
-            best[label] = min(best[label], time.perf_counter() - t0)
+    calls = {label: partial(fn, task, theta, key) for label, (fn, theta) in runs.items()}
+    best = interleaved_best(calls, args.rounds)
     print(f"mnist_mlp 784-128-128-10, batch 128, {args.steps} steps, best of {args.rounds}:")
     for label, seconds in best.items():
         ms = 1e3 * seconds / args.steps
