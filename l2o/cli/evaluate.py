@@ -42,27 +42,29 @@ def suite_from_flags(
     return parse_suite(data, str(config) if config else "flags")
 
 
-def untuned_when_lr_is_ignored(suite, *, warn: bool):
+def untuned_when_lr_is_ignored(suite, *, warn: bool) -> tuple[Any, set[str]]:
     """`suite` with each tuned rule file whose update does not depend on its learning rate
     (`search.learning_rate`) evaluated at its stored learning rate instead (tuning would run the
-    same training at every point of the grid); with `warn`, one line on stderr for each."""
+    same training at every point of the grid), and the keys of those optimizers; with `warn`,
+    one line on stderr for each."""
     from l2o.evaluation.harness import RULE_SUFFIX
     from search.learning_rate import ignores_learning_rate
     from search.rule_file import default_learning_rate, read_rule
 
-    optimizers = []
+    optimizers, ignoring = [], set()
     for spec in suite.optimizers:
         if spec.tune_lr and spec.file.endswith(RULE_SUFFIX):
             program, metadata = read_rule(spec.file)  # checked when the suite was parsed
             if ignores_learning_rate([program], op_by_op=True)[0]:
                 spec = dataclasses.replace(spec, tune_lr=False)
+                ignoring.add(spec.key)
                 if warn:
                     lr = default_learning_rate(spec.file, metadata)
                     print(f"l2o: warning: {spec.key}: the rule's update does not depend on its "
                           f"learning rate, so tuning it would choose nothing; evaluated at its "
                           f"learning rate {lr:g} only", file=sys.stderr)  # fmt: skip
         optimizers.append(spec)
-    return dataclasses.replace(suite, optimizers=tuple(optimizers))
+    return dataclasses.replace(suite, optimizers=tuple(optimizers)), ignoring
 
 
 def check_suite_runs(suite) -> list[tuple[str, str, int, bool]]:
@@ -126,9 +128,7 @@ def run_evaluate_command(
     from l2o.cli.resources import check_memory
 
     writer = is_writer()
-    tuned = {spec.key for spec in suite.optimizers if spec.tune_lr}
-    suite = untuned_when_lr_is_ignored(suite, warn=writer)
-    ignoring = tuned - {spec.key for spec in suite.optimizers if spec.tune_lr}
+    suite, ignoring = untuned_when_lr_is_ignored(suite, warn=writer)
     calls = evaluate_calls(suite, check_suite_runs(suite))
     check_memory(calls, max_memory, "steps, seeds, the number of learning rates or tasks")
     out = on_writer(lambda: claim(out, resume=resume, overwrite=overwrite)) or out
