@@ -14,7 +14,7 @@ import jax
 import numpy as np
 
 from search.canonical import probe_shapes, probe_updates
-from search.program import Program
+from search.program import Program, state_register
 from search.programs_library import get_program
 
 REFERENCES = ("sgd", "momentum", "signsgd", "adam", "lion")
@@ -108,3 +108,20 @@ def closest_reference(program: Program) -> tuple[str, float]:
     scores = rediscovery_similarity(program)
     name = max(scores, key=scores.get)
     return name, scores[name]
+
+
+def is_sign_momentum(program: Program) -> bool:
+    """Whether the update passes through `sign` of a value that depends on the incoming state
+    (Lion's `sign((1 - b1) g + b1 m)`; signSGD's `sign(g)` does not count).
+
+    Read from the live instructions in order: a register depends on the state if an operand
+    does (state slots do on entry), and carries a state sign if an operand does or it is
+    `sign` of a state-dependent operand. Only the op `sign` counts (not, e.g., `x / |x|`)."""
+    slots = {state_register(i) for i in range(program.num_state)}
+    on_state = {r: r in slots for r in range(program.num_registers)}
+    signed = dict.fromkeys(range(program.num_registers), False)
+    for inst in program.live_instructions():
+        depends = any(on_state[a] for a in inst.args)
+        signed[inst.out] = any(signed[a] for a in inst.args) or (inst.op == "sign" and depends)
+        on_state[inst.out] = depends
+    return signed[program.update]

@@ -137,7 +137,7 @@ def _rule_metadata(run: EvolveRun, data: dict, state: dict) -> tuple[Any, dict]:
 
     from search.canonical import canonicalize
     from search.evolution import best_program
-    from search.rediscovery import rediscovery_similarity
+    from search.rediscovery import is_sign_momentum, rediscovery_similarity
 
     program, passed = best_program(state)
     program = canonicalize(program)  # the same rule, without dead code, registers renumbered
@@ -172,6 +172,7 @@ def _rule_metadata(run: EvolveRun, data: dict, state: dict) -> tuple[Any, dict]:
         },
         "rediscovery": similarities,
         "closest_reference": {"name": closest, "similarity": similarities[closest]},
+        "sign_momentum": is_sign_momentum(program),
         "generations": state["generation"],
         "seed": run.seed,
         "config": data,
@@ -214,8 +215,10 @@ def run_evolve_command(
     generations: int | None,
     overwrite: bool = False,
     max_memory: int | None = None,
+    seed: int | None = None,
 ) -> int:
     """Evolve per `config_path` into `out`: checkpoints, events, evolution.json, best_rule.json.
+    `seed` replaces the config's (and is stored with it, so a resume must give the same one).
     A run whose memory estimate (`l2o.cli.resources`) is above `max_memory` is refused."""
     import jax
 
@@ -223,6 +226,8 @@ def run_evolve_command(
     from search.rule_file import save_rule
 
     data = load_yaml(config_path)
+    if seed is not None and isinstance(data, dict):
+        data = {**data, "seed": seed}
     run = parse_evolve_run(data, str(config_path))
     if generations is not None:
         run = dataclasses.replace(run, generations=generations)

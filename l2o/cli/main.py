@@ -241,7 +241,7 @@ def cmd_evolve(args) -> int:
     initialize(args)
     return run_evolve_command(
         args.config, Path(args.out), resume=args.resume, overwrite=args.overwrite,
-        generations=args.generations, max_memory=args.max_memory,
+        generations=args.generations, max_memory=args.max_memory, seed=args.seed,
     )  # fmt: skip
 
 
@@ -395,6 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
     _add_overwrite_flag(p)
     p.add_argument("--generations", type=_positive_int, help="generations (override the config)")
+    p.add_argument("--seed", type=_nonnegative_int, help="random seed (overrides the config's)")
     add_distributed_flags(p)
     add_memory_flag(p)
     p.set_defaults(func=cmd_evolve)

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from search.program import LR, NUM_FIXED, G, Instruction, Program
-from search.programs_library import adam, get_program, momentum
+from search.program import LR, NUM_FIXED, G, Instruction, Program, state_register
+from search.programs_library import PROGRAMS, adam, get_program, momentum
 from search.rediscovery import (
     REFERENCES,
     closest_reference,
+    is_sign_momentum,
     probe_stream,
     rediscovery_similarity,
     reference_programs,
@@ -73,3 +74,27 @@ def test_probe_stream_is_fixed_by_its_seed_and_divergence_scores_zero():
         R,
     )
     assert rediscovery_similarity(blow_up) == dict.fromkeys(REFERENCES, 0.0)
+
+
+def test_sign_momentum_is_a_sign_of_the_state_that_reaches_the_update():
+    assert [name for name, make in PROGRAMS.items() if is_sign_momentum(make())] == ["lion"]
+    S = state_register(0)
+    new_m = Instruction("interp_c", S, (S, G), 0.1)
+    signed = Instruction("sign", R, (S,))
+    step = Instruction("mul", R, (LR, R))
+    # sign of the updated momentum (the order Lion does not use): still sign-momentum
+    assert is_sign_momentum(Program((new_m, signed, step), R, (S,)))
+    # momentum of signs (the state averages sign(g)): not the sign of a momentum
+    signs = Program(
+        (Instruction("sign", R, (G,)), Instruction("interp_c", S, (S, R), 0.1),
+         Instruction("mul", R, (LR, S))), R, (S,),
+    )  # fmt: skip
+    assert not is_sign_momentum(signs)
+    # a sign of the state computed but not used by the update (dead code)
+    dead = Program((signed, new_m, Instruction("mul", R, (LR, G))), R, (S,))
+    assert not is_sign_momentum(dead)
+    # the state's register overwritten by g before the sign: no state left in it
+    overwritten = Program(
+        (Instruction("copy", S, (G,)), signed, step, Instruction("copy", S, (G,))), R, (S,)
+    )
+    assert not is_sign_momentum(overwritten)

@@ -289,6 +289,17 @@ def test_a_resume_with_a_changed_config_is_refused_naming_the_keys(tmp_path, cap
     assert sorted(p.name for p in out.iterdir()) == before
 
 
+def test_the_seed_flag_replaces_the_configs_and_a_resume_must_repeat_it(tmp_path, capsys):
+    out = tmp_path / "out"
+    _stored_run(out, {**yaml.safe_load(TINY.read_text()), "seed": 7})
+    code = main(["evolve", "--config", str(TINY), "--out", str(out), "--resume"])
+    err = capsys.readouterr().err
+    assert code == 2 and "seed: 7 -> 0" in err, err
+    code = main(["evolve", "--config", str(TINY), "--out", str(out), "--resume", "--seed", "8"])
+    err = capsys.readouterr().err
+    assert code == 2 and "seed: 7 -> 8" in err, err
+
+
 def test_a_changed_config_against_an_older_checkpoint_is_refused(tmp_path, capsys):
     _stored_run(tmp_path / "out", None)  # its digest matches no config
     code = main(["evolve", "--config", str(TINY), "--out", str(tmp_path / "out"), "--resume"])
