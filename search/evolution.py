@@ -48,6 +48,7 @@ from search.mutation import (
 from search.objective import PENALTY, penalize_nonfinite
 from search.program import Program
 from search.programs_library import sgd
+from search.proxy_validity import spearman, spread_by_fitness
 from search.simplify import simplify
 from tasks import Task
 
@@ -153,12 +154,14 @@ class EvolutionConfig:
 class Evolution(NamedTuple):
     """A search as functions of its JSON state: `init(key)`, `step(state)` (one generation),
     `finish(state)` (the final funnel) and `evaluate(state, programs)` (proxy fitness records,
-    through the cache); each returns the new state first."""
+    through the cache); each returns the new state first. `validate(state, suite, num)` scores
+    the proxy itself (`search.proxy_validity`) and changes no state."""
 
     init: Callable[[jax.Array], tuple[State, Metrics]]
     step: Callable[[State], tuple[State, Metrics]]
     finish: Callable[[State], tuple[State, Metrics]]
     evaluate: Callable[[State, Sequence[Program]], tuple[State, list[dict], Metrics]]
+    validate: Callable[[State, Suite, int], dict[str, Any]]
 
 
 def _key_data(key: jax.Array) -> list[int]:
@@ -456,7 +459,41 @@ def make_evolution(config: EvolutionConfig, proxy: Suite, funnel: Suite | None =
         state, recs, stats, _ = evaluate(state, list(programs))
         return state, recs, stats
 
-    return Evolution(init, step, finish, evaluate_programs)
+    def validate(state: State, suite: Suite, num_programs: int) -> dict[str, Any]:
+        """Spearman's rho between proxy fitness and fitness on `suite` (the same log ratio to
+        the reference, tuned on `suite`'s grid) over at most `num_programs` distinct members of
+        the final population spread over its fitness range; rules that ignore the learning
+        rate or diverged on the proxy are left out. Also rho per task of `suite`."""
+        distinct: dict[str, dict] = {}
+        for member in state["population"]:
+            record = state["cache"][member["key"]]
+            if not (record.get("ignores_lr", False) or record["penalized"]):
+                distinct.setdefault(member["key"], member)
+        members = list(distinct.values())
+        members = [members[i] for i in spread_by_fitness([m["fitness"] for m in members],
+                                                         num_programs)]  # fmt: skip
+        reference_losses, _ = tuned_losses(suite, [reference], B)
+        programs = [Program.from_json(m["program"]) for m in members]
+        new = records(suite, programs, B, reference_losses[0]) if programs else []
+        floor = config.loss_floor
+        proxy_fitness = [m["fitness"] for m in members]
+        per_task = np.log(np.maximum([r["losses"] for r in new], floor)).reshape(
+            len(new), len(suite.tasks)
+        ) - np.log(np.maximum(reference_losses[0], floor))
+        return {
+            "tasks": list(suite.names),
+            "steps": suite.num_steps,
+            "programs": len(members),
+            "spearman": _finite_or_none(spearman(proxy_fitness, [r["fitness"] for r in new])),
+            "spearman_per_task": {name: _finite_or_none(spearman(proxy_fitness, per_task[:, j]))
+                                  for j, name in enumerate(suite.names)},
+            "reference_losses": [float(x) for x in reference_losses[0]],
+            "members": [{"key": m["key"], "proxy_fitness": m["fitness"],
+                         "fitness": r["fitness"], "losses": r["losses"]}
+                        for m, r in zip(members, new, strict=True)],
+        }  # fmt: skip
+
+    return Evolution(init, step, finish, evaluate_programs, validate)
 
 
 def _accepted(key: str, record: dict) -> dict:
@@ -464,6 +501,11 @@ def _accepted(key: str, record: dict) -> dict:
     return {"program": record["program"], "key": key, "fitness": record["proxy_fitness"],
             "funnel_fitness": record["fitness"], "funnel_losses": record["losses"],
             "funnel_lr_index": record["lr_index"], "simplified": False}  # fmt: skip
+
+
+def _finite_or_none(x: float) -> float | None:
+    """`x`, or None when it is NaN (JSON state and rule metadata hold finite numbers only)."""
+    return float(x) if math.isfinite(x) else None
 
 
 def _ignores_lr_record() -> dict:

@@ -200,7 +200,10 @@ def evolve_calls(run: EvolveRun) -> list[Call]:
     num_state = max(mutation.max_state, reference.num_state)
     optimizer = encoded_transform(encode(reference, max_len, num_state))
     calls = [Call(0, 1, 0, run.generations * HISTORY_VALUES)]
-    for suite, size in ((run.proxy, run.config.batch_size), (run.funnel, run.config.funnel_top_k)):
+    suites = [(run.proxy, run.config.batch_size), (run.funnel, run.config.funnel_top_k)]
+    if run.validity is not None:
+        suites.append((run.validity, run.config.batch_size))
+    for suite, size in suites:
         runs = min(size, PROGRAMS_AT_ONCE) * len(suite.learning_rates) * len(suite.seeds)
         calls += [Call(run_bytes(task, [optimizer])[0], runs, run_values(suite.num_steps, 0), 0)
                   for task in suite.tasks]  # fmt: skip
@@ -297,6 +300,11 @@ def run_evolve_command(
             f"written (the checkpoints in {out} hold the search)"
         )
     program, metadata = _rule_metadata(run, data, state)
+    validity = None
+    if run.validity is not None:
+        validity = evolution.validate(state, run.validity, run.validity_programs)
+        keys = ("tasks", "steps", "programs", "spearman", "spearman_per_task")
+        metadata["proxy_validity"] = {k: validity[k] for k in keys}
     if not writer:
         return 0
     write_json_atomic(out / "evolution.json", {
@@ -310,6 +318,7 @@ def run_evolve_command(
         "funnel": list(state["funnel"].values()),
         "counters": state["counters"],
         "reference": state["reference"],
+        "validity": validity,
         "timing": timing,
         "wall_time_s": time.perf_counter() - t0,
         "versions": versions(),
@@ -320,10 +329,15 @@ def run_evolve_command(
         raise UserError(f"best_rule.json not written: {e} (see evolution.json)") from None
     verdict = "passed the funnel" if metadata["passed_funnel"] else "did NOT pass the funnel"
     ignored = state["counters"].get("ignores_lr", 0)
+    rho = ""
+    if validity is not None:
+        value = "undefined" if validity["spearman"] is None else f"{validity['spearman']:+.2f}"
+        rho = (f"; proxy validity: Spearman {value} over {validity['programs']} programs on "
+               f"{', '.join(validity['tasks'])}")  # fmt: skip
     print(
         f"evolution done: {state['generation']} generations; best rule (fitness "
         f"{metadata['fitness']:+.4f} vs {run.reference} 0, {verdict}; closest to "
         f"{metadata['closest_reference']['name']}) written to {out / 'best_rule.json'}; "
-        f"{ignored} rules rejected because their update ignores the learning rate"
+        f"{ignored} rules rejected because their update ignores the learning rate{rho}"
     )
     return 0

@@ -14,13 +14,15 @@ from l2o.io import UserError
 TOP_KEYS = {"seed", "generations", "population_size", "tournament_size", "batch_size",
             "warm_starts", "warm_start_mutations", "random_programs", "reference",
             "restart_after", "checkpoint_every", "loss_floor", "max_improvement", "simplify",
-            "mutation", "proxy", "funnel"}  # fmt: skip
+            "mutation", "proxy", "funnel", "validity"}  # fmt: skip
 MUTATION_KEYS = {"max_instructions", "max_state", "ops", "weights", "const_sigma",
                  "flip_probability", "max_tries", "num_registers"}  # fmt: skip
 SUITE_KEYS = {"tasks", "steps", "seeds", "lr_grid"}
 FUNNEL_KEYS = SUITE_KEYS | {"every", "top_k", "tolerance"}
+VALIDITY_KEYS = SUITE_KEYS | {"programs"}
 GRID_KEYS = {"low", "high", "num"}
 FUNNEL_SEED_OFFSET = 1000
+VALIDITY_SEED_OFFSET = 2000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +36,8 @@ class EvolveRun:
     generations: int
     checkpoint_every: int
     reference: str
+    validity: Any = None  # search.evolution.Suite: the proxy's validity is measured on it
+    validity_programs: int = 0
 
 
 def _mapping(value: Any, where: str) -> dict:
@@ -145,6 +149,12 @@ def parse_evolve_run(data: dict, where: str = "config") -> EvolveRun:
     funnel_data = _mapping(data.get("funnel"), f"{where}.funnel")
     check_keys(funnel_data, FUNNEL_KEYS, f"{where}.funnel")
     funnel = _suite(funnel_data, f"{where}.funnel", proxy, FUNNEL_SEED_OFFSET)
+    validity, validity_programs = None, 0
+    if "validity" in data:
+        validity_data = _mapping(data["validity"], f"{where}.validity")
+        check_keys(validity_data, VALIDITY_KEYS, f"{where}.validity")
+        validity = _suite(validity_data, f"{where}.validity", funnel, VALIDITY_SEED_OFFSET)
+        validity_programs = _int(validity_data, "programs", 32, f"{where}.validity", high=1001)
     max_improvement = math.inf
     if "max_improvement" in data:
         max_improvement = number(data["max_improvement"], f"{where}.max_improvement")
@@ -186,4 +196,6 @@ def parse_evolve_run(data: dict, where: str = "config") -> EvolveRun:
         generations=_int(data, "generations", 100, where),
         checkpoint_every=_int(data, "checkpoint_every", 10, where),
         reference=reference_name,
+        validity=validity,
+        validity_programs=validity_programs,
     )

@@ -214,3 +214,23 @@ def test_nothing_passes_an_impossible_funnel():
 def test_bad_evolution_configs_raise(changes, message):
     with pytest.raises(ValueError, match=message):
         dataclasses.replace(CONFIG, **changes)
+
+
+def test_validity_on_the_proxy_itself_ranks_as_the_proxy_and_spreads_over_the_population():
+    state, _ = EVOLUTION.init(jax.random.key(0))  # the first population: the most diverse
+    same = EVOLUTION.validate(state, PROXY, 6)
+    records = [(m, state["cache"][m["key"]]) for m in state["population"]]
+    trained = {m["key"]: m["fitness"] for m, r in records
+               if not (r["penalized"] or r.get("ignores_lr", False))}  # fmt: skip
+    assert len(trained) > 6 and same["programs"] == 6
+    for member in same["members"]:
+        assert member["fitness"] == pytest.approx(trained[member["key"]], abs=1e-9)
+    assert same["spearman"] == pytest.approx(1.0)
+    fitness = sorted(m["proxy_fitness"] for m in same["members"])
+    assert fitness[0] == min(trained.values()) and fitness[-1] == max(trained.values())
+    # a longer run at larger rates ranks the rules otherwise: still a number in [-1, 1]
+    longer = dataclasses.replace(PROXY, num_steps=40, learning_rates=(1e-2, 1e-1))
+    other = EVOLUTION.validate(state, longer, 6)
+    assert other["spearman"] is None or -1 <= other["spearman"] <= 1
+    assert set(other["spearman_per_task"]) == {"quadratic"}
+    assert json.loads(json.dumps(other)) == other
