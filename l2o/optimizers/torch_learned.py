@@ -12,7 +12,9 @@ Celo2-style optimizer (`LearnedCelo`). Each computes what the optax transform of
 computes, in float32 whatever the parameters' dtype; its state is created at a parameter's first
 step, on the parameter's device. The training fraction `t / T` that the MLP, the hypernetwork
 and Celo read counts a parameter's updates `t` against `num_steps` `T` (per parameter group; the
-file's `horizon` by default).
+file's `horizon` by default). The MLP and Celo step the parameters of one device and step count
+together: their state lives in flat buffers (each parameter's entries are views of its part),
+and one network pass covers all their elements.
 """
 
 from __future__ import annotations
@@ -324,7 +326,7 @@ def _column(values, device) -> torch.Tensor:
 
 def _update_moments(mu, nu, g, decays: torch.Tensor, b2: float = B2) -> None:
     """`mu_k <- d_k mu_k + (1 - d_k) g`, `nu <- b2 nu + (1 - b2) g^2`, in place."""
-    mu.mul_(decays).add_((1 - decays) * g[None])
+    mu.mul_(decays).addcmul_(g[None], 1 - decays)
     nu.mul_(b2).add_((g * g).mul_(1 - b2))
 
 
@@ -943,11 +945,8 @@ class LearnedCelo(_LearnedOverHorizon):
             sizes, device, k = [p.numel() for p in params], params[0].device, len(self.decays)
             theta, step = self.theta(device), self.state[params[0]].get("step", 0)
             x, nu = self._flat_moments(params, NUM_CELO_INPUTS, 1, cache)
-            g, mu, ratios = (
-                _gather([p.grad for p in params], x[0]),
-                x[1 : 1 + k],
-                x[1 + k : 1 + 2 * k],
-            )
+            g = _gather([p.grad for p in params], x[0])
+            mu, ratios = x[1 : 1 + k], x[1 + k : 1 + 2 * k]
             decays = _column(self.decays, device)
             _update_moments(mu, nu, g, decays)
             embedding = _progress_embedding(step, batch[0][1]["num_steps"], device)
@@ -995,7 +994,7 @@ class LearnedCelo(_LearnedOverHorizon):
         theta, k = self.theta(x.device), len(self.decays)
         sizes = [p.numel() for p, _ in members]
         g, mu0, ratio = x[0], x[1], x[1 + k]
-        torch.mul(g, torch.rsqrt(nu + EPS_ROOT), out=x[1 + 2 * k])
+        torch.add(nu, EPS_ROOT, out=x[1 + 2 * k]).rsqrt_().mul_(g)
         factored = x[2 + 2 * k]
         for (p, group), nu_p, f in zip(
             members, torch.split(nu, sizes), torch.split(factored, sizes), strict=True
@@ -1005,8 +1004,8 @@ class LearnedCelo(_LearnedOverHorizon):
         factored.mul_(g)
         first_bias = theta["b0"] + embedding @ theta["w0"][NUM_CELO_INPUTS:]
         h = _segment_input_layer(theta["w0"][:NUM_CELO_INPUTS], first_bias, x, sizes)
-        out_ = _mlp(theta, torch.relu_(h), self.num_layers) if self.num_layers > 1 else h
-        d = out_[0].add_(ratio)
+        net = _mlp(theta, torch.relu_(h), self.num_layers) if self.num_layers > 1 else h
+        d = net[0].add_(ratio)
         if self.normalize:
             for d_p, scale in zip(torch.split(d, sizes), _segment_rsqrt_ms(d, sizes), strict=True):
                 d_p.mul_(scale)
@@ -1017,11 +1016,10 @@ class LearnedCelo(_LearnedOverHorizon):
         for (p, group), d_p, out_p in zip(
             members, torch.split(d, sizes), torch.split(out, sizes), strict=True
         ):
-            m, out_m = (
-                _matrix(d_p, p.shape, group["layout"]),
-                _matrix(out_p, p.shape, group["layout"]),
+            m = _matrix(d_p, p.shape, group["layout"])
+            shapes.setdefault(tuple(m.shape), []).append(
+                (m, _matrix(out_p, p.shape, group["layout"]))
             )
-            shapes.setdefault(tuple(m.shape), []).append((m, out_m))
         for (fan_in, fan_out), pairs in shapes.items():
             ms = _newton_schulz(torch.stack([m for m, _ in pairs]))
             scale = self.matrix_mult * math.sqrt(fan_out / fan_in)
