@@ -12,7 +12,9 @@ Celo2-style optimizer (`LearnedCelo`). Each computes what the optax transform of
 computes, in float32 whatever the parameters' dtype; its state is created at a parameter's first
 step, on the parameter's device. The training fraction `t / T` that the MLP, the hypernetwork
 and Celo read counts a parameter's updates `t` against `num_steps` `T` (per parameter group; the
-file's `horizon` by default).
+file's `horizon` by default). The MLP and Celo step the parameters of one device and step count
+together: their state lives in flat buffers (each parameter's entries are views of its part),
+and one network pass covers all their elements.
 """
 
 from __future__ import annotations
@@ -324,20 +326,29 @@ def _column(values, device) -> torch.Tensor:
 
 def _update_moments(mu, nu, g, decays: torch.Tensor, b2: float = B2) -> None:
     """`mu_k <- d_k mu_k + (1 - d_k) g`, `nu <- b2 nu + (1 - b2) g^2`, in place."""
-    mu.mul_(decays).add_((1 - decays) * g[None])
+    mu.mul_(decays).addcmul_(g[None], 1 - decays)
     nu.mul_(b2).add_((g * g).mul_(1 - b2))
 
 
-def _adam_directions(mu, nu, count: torch.Tensor, decays: torch.Tensor, b2: float = B2):
-    """Bias-corrected `mu_hat_k / sqrt(nu_hat + 1e-16)`, `[K, n]`."""
-    mu_hat = mu * (1.0 / (1.0 - decays**count))
+def _adam_directions(mu, nu, count: torch.Tensor, decays: torch.Tensor, b2: float = B2, out=None):
+    """Bias-corrected `mu_hat_k / sqrt(nu_hat + 1e-16)`, `[K, n]` (written to `out` if given)."""
     nu_hat = nu / (1.0 - torch.pow(torch.tensor(b2, dtype=torch.float32, device=nu.device), count))
-    return mu_hat * torch.rsqrt(nu_hat + 1e-16)[None]
+    mu_hat = torch.mul(mu, 1.0 / (1.0 - decays**count), out=out)
+    return mu_hat.mul_(torch.rsqrt(nu_hat.add_(1e-16))[None])
 
 
 def _channel_scale(x: torch.Tensor) -> torch.Tensor:
     """`1 / RMS` of each channel of `x [C, n]`: `[C]`."""
     return torch.rsqrt(1e-12 + torch.mean(x * x, dim=1))
+
+
+def _segment_rsqrt_ms(x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """`1 / RMS` of each row of `x [C, N]` (or of `x [N]`) over each segment of `sizes` columns
+    (one tensor's elements): `[C, T]` (or `[T]`)."""
+    norms = [torch.linalg.vector_norm(part, dim=-1) for part in torch.split(x, sizes, dim=-1)]
+    norm = torch.stack(norms, dim=-1)
+    n = torch.tensor(sizes, dtype=torch.float32, device=x.device)
+    return torch.rsqrt(1e-12 + norm * norm / n)
 
 
 def _progress_embedding(step: int, num_steps: int, device) -> torch.Tensor:
@@ -359,6 +370,20 @@ def _input_layer(w, b, p, g, mu) -> torch.Tensor:
     return torch.addmm(b[:, None], w.T, x)
 
 
+def _segment_input_layer(w, b, x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """`w^T x + b` for the channels `x [C, N]` of several tensors, each channel divided by its
+    RMS over each tensor's segment of `sizes` columns: `[n_out, N]`."""
+    scales = _segment_rsqrt_ms(x, sizes)
+    h = x.new_empty((w.shape[1], x.shape[1]))
+    offset = 0
+    for i, n in enumerate(sizes):
+        end = offset + n
+        w_i = (w * scales[:, i : i + 1]).T
+        torch.addmm(b[:, None], w_i, x[:, offset:end], out=h[:, offset:end])
+        offset = end
+    return h
+
+
 def _mlp(weights: dict, x: torch.Tensor, num_layers: int, start: int = 1) -> torch.Tensor:
     """Layers `start..num_layers - 1` of a ReLU MLP over the channels of `x`."""
     for i in range(start, num_layers):
@@ -377,44 +402,42 @@ def _matrix(x: torch.Tensor, shape, layout: str) -> torch.Tensor:
     return x.reshape(shape[0], math.prod(shape[1:])).T
 
 
-def _unmatrix(m: torch.Tensor, layout: str) -> torch.Tensor:
-    """The inverse of `_matrix`: the `[n]` elements of a `(fan_in, fan_out)` matrix."""
-    return (m if layout == "haiku" else m.T).reshape(-1)
-
-
-def _factored_rsqrt(nu: torch.Tensor, shape, layout: str, eps: float = 1e-30) -> torch.Tensor:
+def _factored_rsqrt(nu: torch.Tensor, shape, layout: str, out, eps: float = 1e-30) -> None:
     """Adafactor's `(r_i c_j / mean(r))^(-1/2)` of `nu` as a `(fan_in, fan_out)` matrix (`r`,
-    `c` its row and column means; `celo.factored_rsqrt`); `nu^(-1/2)` below rank 2."""
+    `c` its row and column means; `celo.factored_rsqrt`), `nu^(-1/2)` below rank 2, into the
+    `[n]` tensor `out`."""
     if len(shape) < 2:
-        return torch.rsqrt(nu + eps)
+        torch.rsqrt(nu + eps, out=out)
+        return
     m = _matrix(nu, shape, layout)
     row, col = torch.mean(m, dim=1, keepdim=True), torch.mean(m, dim=0, keepdim=True)
-    return _unmatrix(torch.rsqrt(row * col / (torch.mean(row) + eps) + eps), layout)
+    torch.rsqrt(row * col / (torch.mean(row) + eps) + eps, out=_matrix(out, shape, layout))
 
 
 def _newton_schulz(x: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.Tensor:
-    """About `U V^T` of the matrix `x = U S V^T` (`baselines.muon.newton_schulz`): `steps`
-    quintic iterations `X <- a X + (b A + c A^2) X`, `A = X X^T` on the smaller Gram matrix,
-    from `X = x / (||x||_F + eps)`; through the Gram matrix when the long side is >= 2x the
-    short one."""
+    """About `U V^T` of each matrix `x = U S V^T` of `x [B, r, c]`
+    (`baselines.muon.newton_schulz`): `steps` quintic iterations `X <- a X + (b A + c A^2) X`,
+    `A = X X^T` on the smaller Gram matrix, from `X = x / (||x||_F + eps)`; through the Gram
+    matrix when the long side is >= 2x the short one (`Q <- P Q`, `A <- P A P`, `X = Q X_0`)."""
     a, b, c = NS_COEFFS
-    wide = x.shape[0] <= x.shape[1]
-    X = x if wide else x.T
-    X = X / (torch.linalg.norm(X) + eps)
-    rows, cols = X.shape
+    wide = x.shape[1] <= x.shape[2]
+    X = x if wide else x.mT
+    X = X / (torch.linalg.vector_norm(X, dim=(1, 2), keepdim=True) + eps)
+    rows, cols = X.shape[1:]
     if cols >= 2 * rows:
-        Q = torch.eye(rows, dtype=X.dtype, device=X.device)
-        A = X @ X.T
-        for _ in range(steps):
-            P = torch.addmm(A, A, A, beta=b, alpha=c)
-            P.diagonal().add_(a)
-            Q, A = P @ Q, P @ A @ P
+        A, Q = X @ X.mT, None
+        for i in range(steps):
+            P = torch.baddbmm(A, A, A, beta=b, alpha=c)
+            P.diagonal(dim1=1, dim2=2).add_(a)
+            Q = P if Q is None else P @ Q  # Q_0 = I
+            if i < steps - 1:
+                A = P @ A @ P
         X = Q @ X
     else:
         for _ in range(steps):
-            A = X @ X.T
-            X = torch.addmm(X, torch.addmm(A, A, A, beta=b, alpha=c), X, beta=a)
-    return X if wide else X.T
+            A = X @ X.mT
+            X = torch.baddbmm(X, torch.baddbmm(A, A, A, beta=b, alpha=c), X, beta=a)
+    return X if wide else X.mT
 
 
 def _lstm_cell(x, h, c, w_x, w_h, b) -> tuple[torch.Tensor, torch.Tensor]:
@@ -484,6 +507,26 @@ def _loss_features(state: dict) -> torch.Tensor:
     return torch.clamp(feats, -1.0, 1.0)
 
 
+def _gather(tensors, out: torch.Tensor) -> torch.Tensor:
+    """`out [N]` <- the `tensors` flattened, concatenated and cast to `out`'s dtype."""
+    return torch.cat([t.reshape(-1).to(out.dtype) for t in tensors], out=out)
+
+
+def _apply(params, update: torch.Tensor, sizes: list[int]) -> None:
+    """Add to each parameter its segment of `update [N]` (in the parameter's dtype)."""
+    parts = torch.split(update, sizes)
+    updates = [u.view(p.shape).to(p.dtype) for p, u in zip(params, parts, strict=True)]
+    torch._foreach_add_(params, updates)
+
+
+def _compact_state(optimizer: torch.optim.Optimizer, state_dict: dict) -> None:
+    """`state_dict()`'s state as copies: not views of the flat buffers the step works in."""
+    state_dict["state"] = {
+        key: {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
+        for key, state in state_dict["state"].items()
+    }
+
+
 def _state_to_float32(optimizer: torch.optim.Optimizer) -> None:
     """Undo `load_state_dict`'s cast of the state to each parameter's dtype: it is float32."""
     for state in optimizer.state.values():
@@ -493,13 +536,15 @@ def _state_to_float32(optimizer: torch.optim.Optimizer) -> None:
 
 
 class _Learned(torch.optim.Optimizer):
-    """Common parts: the meta-parameters `theta` per device, the closure, the loop over
-    parameters with gradients."""
+    """Common parts: the meta-parameters `theta` per device, the closure, the parameters with
+    gradients (updated one by one unless a subclass steps them together)."""
 
     def __init__(self, params, theta: dict[str, torch.Tensor], defaults: dict):
         super().__init__(params, defaults)
         self._theta = {torch.device("cpu"): {k: v.float().cpu() for k, v in theta.items()}}
+        self._flat = {}
         self.register_load_state_dict_post_hook(_state_to_float32)
+        self.register_state_dict_post_hook(_compact_state)
 
     def theta(self, device: torch.device) -> dict[str, torch.Tensor]:
         """The meta-parameters on `device` (copied there once)."""
@@ -517,15 +562,21 @@ class _Learned(torch.optim.Optimizer):
             with torch.enable_grad():
                 closure_loss = closure()
         loss = closure_loss if loss is None else loss
+        members = []
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:
                     continue
                 if p.grad.is_sparse:
                     raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
-                update = self._update(p, group, loss)
-                p.add_(update.reshape(p.shape).to(p.dtype))
+                members.append((p, group))
+        self._step(members, loss)
         return closure_loss
+
+    def _step(self, members: list, loss) -> None:
+        """Update each `(param, group)` of `members` by its `_update`."""
+        for p, group in members:
+            p.add_(self._update(p, group, loss).reshape(p.shape).to(p.dtype))
 
 
 class _LearnedOverHorizon(_Learned):
@@ -541,6 +592,43 @@ class _LearnedOverHorizon(_Learned):
         if "base_decay" in config:  # the MLP and the hypernetwork
             self.base = self.decays.index(config["base_decay"])
             self.exp_mult, self.step_mult = config["exp_mult"], config["step_mult"]
+
+    def _batches(self, members: list, key=None) -> list[list]:
+        """`members` by device, step count and group `num_steps` (those stepped as one), each
+        sorted by `key` of `(param, group)`."""
+        batches = {}
+        for p, group in members:
+            batch = (p.device, self.state[p].get("step", 0), group["num_steps"])
+            batches.setdefault(batch, []).append((p, group))
+        return [sorted(batch, key=key) if key else batch for batch in batches.values()]
+
+    def _flat_moments(self, params, channels: int, first: int, cache: dict):
+        """Float32 buffers `x [channels, N]` and `nu [N]` over `params` (`N` elements in all,
+        in order) holding their state: a parameter's `mu` is its columns of the `K` rows of `x`
+        from `first`, its `nu` its segment of `nu`. Taken from `cache` while the parameters'
+        state is still those views (else built from the state, zero for a new parameter) and
+        kept in `self._flat`."""
+        key = tuple(map(id, params))
+        if key in cache:
+            x, nu, mus, nus = cache[key]
+            if all(self.state[p].get("mu") is m and self.state[p].get("nu") is n
+                   for p, m, n in zip(params, mus, nus, strict=True)):  # fmt: skip
+                self._flat[key] = cache[key]
+                return x, nu
+        sizes = [p.numel() for p in params]
+        x = torch.zeros((channels, sum(sizes)), dtype=torch.float32, device=params[0].device)
+        nu = x.new_zeros(sum(sizes))
+        mus = torch.split(x[first : first + len(self.decays)], sizes, dim=1)
+        nus = torch.split(nu, sizes)
+        for p, mu, nu_p in zip(params, mus, nus, strict=True):
+            state = self.state[p]
+            if "mu" in state:
+                mu.copy_(state["mu"]), nu_p.copy_(state["nu"])
+            else:
+                state["step"] = 0
+            state["mu"], state["nu"] = mu, nu_p
+        self._flat[key] = (x, nu, mus, nus)
+        return x, nu
 
 
 class LearnedMLP(_LearnedOverHorizon):
@@ -568,32 +656,34 @@ class LearnedMLP(_LearnedOverHorizon):
         super().__init__(params, theta, config, num_steps)
         self.num_layers = len(config["hidden_sizes"]) + 1
 
-    def _update(self, p, group, loss):
-        theta, device = self.theta(p.device), p.device
-        state, g, w = self.state[p], _f32(p.grad), _f32(p)
-        if not state:
-            state["step"] = 0
-            state["mu"] = torch.zeros(
-                (len(self.decays), g.numel()), dtype=torch.float32, device=device
+    def _step(self, members: list, loss) -> None:
+        """Step each batch of parameters as one: their features side by side in one `[C, N]`
+        buffer, one network pass over all `N` elements."""
+        cache, self._flat = self._flat, {}
+        for batch in self._batches(members):
+            params = [p for p, _ in batch]
+            sizes, device = [p.numel() for p in params], params[0].device
+            theta, num_inputs = self.theta(device), 2 + len(self.decays)
+            x, nu = self._flat_moments(params, num_inputs, 2, cache)  # x = [g, p, mu_1..mu_K]
+            g, mu, step = (
+                _gather([p.grad for p in params], x[0]),
+                x[2:],
+                self.state[params[0]]["step"],
             )
-            state["nu"] = torch.zeros_like(g)
-        _update_moments(state["mu"], state["nu"], g, _column(self.decays, device))
-        embedding = _progress_embedding(state["step"], group["num_steps"], device)
-        state["step"] += 1
-        num_inputs = 2 + len(self.decays)
-        first_bias = theta["b0"] + embedding @ theta["w0"][num_inputs:]
-        h = _input_layer(theta["w0"][:num_inputs], first_bias, w, g, state["mu"])
-        out = _mlp(theta, torch.relu_(h), self.num_layers) if self.num_layers > 1 else h
-        count = torch.tensor(float(state["step"]), dtype=torch.float32, device=device)
-        base = self.base
-        direction = _adam_directions(
-            state["mu"][base : base + 1],
-            state["nu"],
-            count,
-            _column(self.decays[base:][:1], device),
-        )[0]
-        lr = torch.exp(theta["log_lr"])
-        return -(torch.exp(self.exp_mult * out[1]) * (lr * direction + self.step_mult * out[0]))
+            _gather(params, x[1])
+            decays = _column(self.decays, device)
+            _update_moments(mu, nu, g, decays)
+            embedding = _progress_embedding(step, batch[0][1]["num_steps"], device)
+            for p in params:
+                self.state[p]["step"] = step + 1
+            first_bias = theta["b0"] + embedding @ theta["w0"][num_inputs:]
+            h = _segment_input_layer(theta["w0"][:num_inputs], first_bias, x, sizes)
+            out = _mlp(theta, torch.relu_(h), self.num_layers) if self.num_layers > 1 else h
+            count = torch.tensor(float(step + 1), dtype=torch.float32, device=device)
+            base = slice(self.base, self.base + 1)
+            update = _adam_directions(mu[base], nu, count, decays[base])[0]
+            update.mul_(torch.exp(theta["log_lr"])).add_(out[0].mul_(self.step_mult))
+            _apply(params, update.mul_(out[1].mul_(self.exp_mult).exp_()).neg_(), sizes)
 
 
 class LearnedHyper(_LearnedOverHorizon):
@@ -841,59 +931,97 @@ class LearnedCelo(_LearnedOverHorizon):
             )
         super().add_param_group(param_group)
 
-    def _update(self, p, group, loss):
-        theta, device = self.theta(p.device), p.device
-        state, g, w = self.state[p], _f32(p.grad), _f32(p)
-        if not state:
-            state["step"] = 0
-            state["mu"] = torch.zeros(
-                (len(self.decays), g.numel()), dtype=torch.float32, device=device
-            )
-            state["nu"] = torch.zeros_like(g)
+    def _in_network(self, p, group) -> bool:
+        """Whether `p` steps along the network's direction (else along Adam's)."""
+        return not self.orthogonalize or (p.ndim >= 2 and not group["embedding"])
+
+    def _step(self, members: list, loss) -> None:
+        """Step each batch of parameters as one: the network's tensors first, their features
+        side by side in one `[C, N]` buffer, one network pass over all of them, one
+        Newton-Schulz per matrix shape."""
+        cache, self._flat = self._flat, {}
+        for batch in self._batches(members, key=lambda m: not self._in_network(*m)):
+            params = [p for p, _ in batch]
+            sizes, device, k = [p.numel() for p in params], params[0].device, len(self.decays)
+            theta, step = self.theta(device), self.state[params[0]].get("step", 0)
+            x, nu = self._flat_moments(params, NUM_CELO_INPUTS, 1, cache)
+            g = _gather([p.grad for p in params], x[0])
+            mu, ratios = x[1 : 1 + k], x[1 + k : 1 + 2 * k]
+            decays = _column(self.decays, device)
+            _update_moments(mu, nu, g, decays)
+            embedding = _progress_embedding(step, batch[0][1]["num_steps"], device)
+            count = torch.tensor(float(step + 1), dtype=torch.float32, device=device)
+            _adam_directions(mu, nu, count, decays, out=ratios)
+            lr = torch.tensor(self.learning_rate, dtype=torch.float32, device=device)
+            lrs = [self._scheduled(self.state[p], theta, lr, embedding, loss) for p in params]
+            for p in params:
+                self.state[p]["step"] = step + 1
+            num_net = sum(self._in_network(*m) for m in batch)
+            n = sum(sizes[:num_net])
+            update = torch.empty_like(g)
+            if n:
+                self._network_direction(batch[:num_net], x[:, :n], nu[:n], embedding, update[:n])
+            update[n:] = ratios[0, n:]
+            if self.weight_decay:
+                update.add_(_gather(params, torch.empty_like(g)).mul_(self.weight_decay))
             if self.hidden:
-                state["h"] = torch.zeros(self.hidden, dtype=torch.float32, device=device)
-                state["loss_ema"] = torch.zeros(
-                    len(LOSS_DECAYS), dtype=torch.float32, device=device
-                )
-                state["loss_count"] = 0
-                state["loss_min"] = torch.tensor(1e30, dtype=torch.float32, device=device)
-        decays = _column(self.decays, device)
-        mu, nu = state["mu"], state["nu"]
-        _update_moments(mu, nu, g, decays)
-        embedding = _progress_embedding(state["step"], group["num_steps"], device)
-        state["step"] += 1
-        count = torch.tensor(float(state["step"]), dtype=torch.float32, device=device)
-        lr = torch.tensor(self.learning_rate, dtype=torch.float32, device=device)
-        if self.hidden:
-            _update_loss(state, None if loss is None else torch.as_tensor(loss).float().to(device))
-            z = torch.cat([_loss_features(state), embedding])
-            h = torch.tanh(state["h"] @ theta["sched_u"] + z @ theta["sched_v"] + theta["sched_e"])
-            state["h"] = h
-            lr = lr * torch.exp(torch.clamp(h @ theta["sched_w"] + theta["sched_b"], -5.0, 5.0))
-        matrix = p.ndim >= 2 and not group["embedding"]
-        if matrix or not self.orthogonalize:
-            ratios = _adam_directions(mu, nu, count, decays)
-            factored = _factored_rsqrt(nu, p.shape, group["layout"])
-            x = torch.cat([
-                g[None], mu, ratios, (g * torch.rsqrt(nu + EPS_ROOT))[None],
-                (g * factored)[None], (mu[0] * factored)[None],
-            ])  # fmt: skip
-            first_bias = theta["b0"] + embedding @ theta["w0"][NUM_CELO_INPUTS:]
-            w_first = theta["w0"][:NUM_CELO_INPUTS] * _channel_scale(x)[:, None]
-            h0 = torch.addmm(first_bias[:, None], w_first.T, x)
-            out = _mlp(theta, torch.relu_(h0), self.num_layers) if self.num_layers > 1 else h0
-            d = ratios[0] + out[0]
-            if self.normalize:
-                d = d * torch.rsqrt(1e-12 + torch.mean(d * d))
-            if matrix and self.orthogonalize:
-                m = _newton_schulz(_matrix(d, p.shape, group["layout"]))
-                d = (
-                    self.matrix_mult
-                    * math.sqrt(m.shape[1] / m.shape[0])
-                    * _unmatrix(m, group["layout"])
-                )
-        else:
-            d = _adam_directions(mu[:1], nu, count, decays[:1])[0]
-        if self.weight_decay:
-            d = d + self.weight_decay * w
-        return -(lr * d)
+                for u, lr_p in zip(torch.split(update, sizes), lrs, strict=True):
+                    u.mul_(-lr_p)
+            else:
+                update.mul_(-lr)
+            _apply(params, update, sizes)
+
+    def _scheduled(self, state: dict, theta, lr, embedding, loss) -> torch.Tensor:
+        """The learning rate of one parameter: `lr`, times the learned scheduler's factor (its
+        state advanced by a step) if there is one."""
+        if not self.hidden:
+            return lr
+        if "h" not in state:
+            state["h"] = torch.zeros(self.hidden, dtype=torch.float32, device=lr.device)
+            state["loss_ema"] = torch.zeros(len(LOSS_DECAYS), dtype=torch.float32, device=lr.device)
+            state["loss_count"] = 0
+            state["loss_min"] = torch.tensor(1e30, dtype=torch.float32, device=lr.device)
+        _update_loss(state, None if loss is None else torch.as_tensor(loss).float().to(lr.device))
+        z = torch.cat([_loss_features(state), embedding])
+        h = torch.tanh(state["h"] @ theta["sched_u"] + z @ theta["sched_v"] + theta["sched_e"])
+        state["h"] = h
+        return lr * torch.exp(torch.clamp(h @ theta["sched_w"] + theta["sched_b"], -5.0, 5.0))
+
+    def _network_direction(self, members, x, nu, embedding, out) -> None:
+        """The network's direction of `members` into `out [n]`: from their features `x`
+        (`g`, the momenta and their Adam ratios filled in), normalized per tensor and
+        orthogonalized per matrix as configured."""
+        theta, k = self.theta(x.device), len(self.decays)
+        sizes = [p.numel() for p, _ in members]
+        g, mu0, ratio = x[0], x[1], x[1 + k]
+        torch.add(nu, EPS_ROOT, out=x[1 + 2 * k]).rsqrt_().mul_(g)
+        factored = x[2 + 2 * k]
+        for (p, group), nu_p, f in zip(
+            members, torch.split(nu, sizes), torch.split(factored, sizes), strict=True
+        ):
+            _factored_rsqrt(nu_p, p.shape, group["layout"], f)
+        torch.mul(mu0, factored, out=x[3 + 2 * k])
+        factored.mul_(g)
+        first_bias = theta["b0"] + embedding @ theta["w0"][NUM_CELO_INPUTS:]
+        h = _segment_input_layer(theta["w0"][:NUM_CELO_INPUTS], first_bias, x, sizes)
+        net = _mlp(theta, torch.relu_(h), self.num_layers) if self.num_layers > 1 else h
+        d = net[0].add_(ratio)
+        if self.normalize:
+            for d_p, scale in zip(torch.split(d, sizes), _segment_rsqrt_ms(d, sizes), strict=True):
+                d_p.mul_(scale)
+        if not self.orthogonalize:
+            out.copy_(d)
+            return
+        shapes = {}
+        for (p, group), d_p, out_p in zip(
+            members, torch.split(d, sizes), torch.split(out, sizes), strict=True
+        ):
+            m = _matrix(d_p, p.shape, group["layout"])
+            shapes.setdefault(tuple(m.shape), []).append(
+                (m, _matrix(out_p, p.shape, group["layout"]))
+            )
+        for (fan_in, fan_out), pairs in shapes.items():
+            ms = _newton_schulz(torch.stack([m for m, _ in pairs]))
+            scale = self.matrix_mult * math.sqrt(fan_out / fan_in)
+            for m, (_, out_m) in zip(ms, pairs, strict=True):
+                torch.mul(m, scale, out=out_m)

@@ -346,3 +346,24 @@ def test_float64_parameters_keep_float32_state_through_a_resume(files, name):
     fresh.load_state_dict(optimizer.state_dict())
     assert w.dtype == torch.float64 and bool((w < 1).all())
     assert {v.dtype for v in fresh.state[w].values() if torch.is_tensor(v)} == {torch.float32}
+
+
+@pytest.mark.parametrize("name", ["mlp_digits", "celo"])
+def test_parameters_stepped_together_update_as_if_alone(files, name):
+    """One optimizer over two parameters, one of them without a gradient at some steps, moves
+    each as its own optimizer would."""
+    grads, losses = streams(20)
+    together = {k: torch.tensor(initial_params()[k], requires_grad=True) for k in ("a", "d")}
+    alone = {k: torch.tensor(initial_params()[k], requires_grad=True) for k in ("a", "d")}
+    optimizer = tl.load(files[name], list(together.values()), num_steps=NUM_STEPS)
+    single = {k: tl.load(files[name], [p], num_steps=NUM_STEPS) for k, p in alone.items()}
+    for t in range(20):
+        for k in ("a", "d"):
+            skip = k == "d" and t % 7 == 3
+            together[k].grad = None if skip else torch.tensor(grads[k][t])
+            if not skip:
+                alone[k].grad = torch.tensor(grads[k][t])
+                single[k].step(loss=float(losses[t]))
+        optimizer.step(loss=float(losses[t]))
+    for k, p in together.items():
+        np.testing.assert_allclose(p.detach().numpy(), alone[k].detach().numpy(), rtol=1e-6)
