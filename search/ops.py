@@ -24,12 +24,13 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from baselines.muon import newton_schulz
+from baselines.muon import NS_COEFFS, newton_schulz
 
 SCALAR, TENSOR, ANY, SAME = "scalar", "tensor", "any", "same"
 TINY = 1e-12
 MAX_EXP = 80.0
 NOP_ID = 0
+NS_STEPS, NS_EPS = 5, 1e-7  # Muon's Newton-Schulz iterations and the epsilon of its normalization
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,7 +120,8 @@ def orthogonalized(x: jax.Array) -> jax.Array:
     if x.ndim < 2:
         return x / (_rms(x, WHOLE) + TINY)
     rows, cols = matrix_shape(x.shape)
-    o = newton_schulz(x.reshape(rows, cols)) * math.sqrt(max(1.0, cols / rows))
+    o = newton_schulz(x.reshape(rows, cols), NS_COEFFS, NS_STEPS, NS_EPS)
+    o = o * math.sqrt(max(1.0, cols / rows))
     return o.reshape(x.shape)
 
 
