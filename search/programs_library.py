@@ -121,7 +121,9 @@ def adafactor(decay_rate: float = 0.8, eps: float = 1e-30, eps_scale: float = 1e
     at the rate `t^(-decay_rate)` (the ops `row_rms`, `col_rms` squared), `U = g / sqrt(R C /
     mean(R))`, `u = lr max(eps_scale, rms(w)) U / max(1, rms(U))`. The slots hold `R` and `C`
     repeated over the tensor's shape (the rule, not the memory, of Adafactor); a vector's
-    `R C / mean(R)` is its full second moment, as in Adafactor."""
+    `R C / mean(R)` is its full second moment, as in Adafactor. `U` is computed as
+    `g sqrt(mean(R)) / (sqrt(R) sqrt(C))`, whose divisors stay above the ops' `TINY` for
+    gradients down to 1e-11."""
     body = (
         _i("pow_c", R2, T, c=-decay_rate),  # the EMAs' rate 1 - beta2_t, 1 at t = 1
         _i("row_rms", R1, G),
@@ -132,11 +134,13 @@ def adafactor(decay_rate: float = 0.8, eps: float = 1e-30, eps_scale: float = 1e
         _i("square", R1, R1),
         _i("add_c", R1, R1, c=eps),
         _i("interpolate", S2, S2, R1, R2),  # C
+        _i("sqrt_abs", R3, S1),
+        _i("div", R1, G, R3),
+        _i("sqrt_abs", R3, S2),
+        _i("div", R1, R1, R3),
         _i("mean", R3, S1),
-        _i("div", R4, S1, R3),
-        _i("mul", R4, R4, S2),
-        _i("sqrt_abs", R4, R4),
-        _i("div", R1, G, R4),  # U
+        _i("sqrt_abs", R3, R3),
+        _i("mul", R1, R1, R3),  # U = g sqrt(mean(R)) / (sqrt(R) sqrt(C))
         _i("rms", R3, R1),
         _i("max", R3, R3, ONE),
         _i("div", R1, R1, R3),  # U / max(1, rms(U))
