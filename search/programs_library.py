@@ -122,7 +122,7 @@ def adafactor(decay_rate: float = 0.8, eps: float = 1e-30, eps_scale: float = 1e
     mean(R))`, `u = lr max(eps_scale, rms(w)) U / max(1, rms(U))`. The slots hold `R` and `C`
     repeated over the tensor's shape (the rule, not the memory, of Adafactor); a vector's
     `R C / mean(R)` is its full second moment, as in Adafactor. `U` is computed as
-    `g sqrt(mean(R)) / (sqrt(R) sqrt(C))`, whose divisors stay above the ops' `TINY` for
+    `g rms(sqrt(R)) / (sqrt(R) sqrt(C))`, whose divisors stay above the ops' `TINY` for
     gradients down to 1e-11."""
     body = (
         _i("pow_c", R2, T, c=-decay_rate),  # the EMAs' rate 1 - beta2_t, 1 at t = 1
@@ -136,11 +136,10 @@ def adafactor(decay_rate: float = 0.8, eps: float = 1e-30, eps_scale: float = 1e
         _i("interpolate", S2, S2, R1, R2),  # C
         _i("sqrt_abs", R3, S1),
         _i("div", R1, G, R3),
+        _i("rms", R4, R3),  # sqrt(mean(R))
+        _i("mul", R1, R1, R4),
         _i("sqrt_abs", R3, S2),
-        _i("div", R1, R1, R3),
-        _i("mean", R3, S1),
-        _i("sqrt_abs", R3, R3),
-        _i("mul", R1, R1, R3),  # U = g sqrt(mean(R)) / (sqrt(R) sqrt(C))
+        _i("div", R1, R1, R3),  # U = g sqrt(mean(R)) / (sqrt(R) sqrt(C))
         _i("rms", R3, R1),
         _i("max", R3, R3, ONE),
         _i("div", R1, R1, R3),  # U / max(1, rms(U))
