@@ -17,7 +17,7 @@ from typing import NamedTuple
 import numpy as np
 
 from search.canonical import canonicalize
-from search.ops import OPS
+from search.ops import MATRIX_OPS, NS_COEFFS, NS_EPS, NS_STEPS, OPS
 from search.program import CONSTANTS, INPUTS, LR, NUM_FIXED, Instruction, Program, T, W
 
 # Expressions of ops: `@0 @1 @2` the operands, `@c` the constant, `@d` is `1 - c` (in float32).
@@ -46,6 +46,9 @@ _ARITHMETIC: dict[str, str] = {
     "normalize": "@0 / (_rms(@0) + TINY)",
     "norm": "_norm(@0)",
     "rms": "_rms(@0)",
+    "newton_schulz": "_orthogonalized(@0)",
+    "row_rms": "_row_rms(@0)",
+    "col_rms": "_col_rms(@0)",
 }
 # Per op, a jnp expression and a LaTeX one; the jnp ones compute exactly what `search.ops` does.
 PYTHON: dict[str, str] = {
@@ -119,6 +122,9 @@ LATEX: dict[str, str] = {
     "size": r"\operatorname{size}(@0)",
     "dot": r"\langle @0, @1 \rangle",
     "cosine": r"\cos(@0, @1)",
+    "newton_schulz": r"\operatorname{orth}(@0)",
+    "row_rms": r"\operatorname{rms}_{\text{row}}(@0)",
+    "col_rms": r"\operatorname{rms}_{\text{col}}(@0)",
 }
 HELPERS = {
     "_safe_divisor": '''def _safe_divisor(x):
@@ -135,13 +141,57 @@ HELPERS = {
     return jnp.sqrt(jnp.sum(x * x))""",
     "_rms": """def _rms(x):
     return jnp.sqrt(jnp.sum(x * x) / x.size)""",
+    "_orthogonalized": f'''def _orthogonalized(x):
+    """Muon's direction for `x` seen as an `r x n` matrix (leading axes folded into the rows):
+    `sqrt(max(1, n / r))` times {NS_STEPS} Newton-Schulz iterations `X <- a X + (b A + c A^2) X`,
+    `A = X X^T`, from `X = x / (||x|| + {NS_EPS})` (on the Gram matrix when `n >= 2 r`); a
+    vector or scalar: `x / (rms(x) + TINY)`."""
+    if x.ndim < 2:
+        return x / (jnp.sqrt(jnp.sum(x * x) / x.size) + TINY)
+    a, b, c = {NS_COEFFS!r}
+    rows, cols = math.prod(x.shape[:-1]), x.shape[-1]
+    wide = rows <= cols
+    X = x.reshape(rows, cols) if wide else x.reshape(rows, cols).T
+    X = X / (jnp.sqrt(jnp.sum(jnp.square(X)) + 1e-30) + {NS_EPS!r})
+    r, n = X.shape
+    if n >= 2 * r:
+        identity = jnp.eye(r, dtype=X.dtype)
+
+        def gram_iteration(_, qa):
+            Q, A = qa
+            P = a * identity + b * A + c * A @ A
+            return P @ Q, P @ A @ P
+
+        Q, _ = jax.lax.fori_loop(0, {NS_STEPS}, gram_iteration, (identity, X @ X.T))
+        X = Q @ X
+    else:
+
+        def iteration(_, X):
+            A = X @ X.T
+            return a * X + (b * A + c * A @ A) @ X
+
+        X = jax.lax.fori_loop(0, {NS_STEPS}, iteration, X)
+    X = X if wide else X.T
+    return (X * math.sqrt(max(1.0, cols / rows))).reshape(x.shape)''',
+    "_row_rms": '''def _row_rms(x):
+    """The RMS of each row of `x` seen as a matrix (a vector as one row), broadcast to its
+    shape."""
+    m = x.reshape((math.prod(x.shape[:-1]), x.shape[-1]) if x.ndim else (1, 1))
+    rms = jnp.sqrt(jnp.mean(m * m, axis=1, keepdims=True))
+    return jnp.broadcast_to(rms, m.shape).reshape(x.shape)''',
+    "_col_rms": '''def _col_rms(x):
+    """The RMS of each column of `x` seen as a matrix (a vector as one row), broadcast to its
+    shape."""
+    m = x.reshape((math.prod(x.shape[:-1]), x.shape[-1]) if x.ndim else (1, 1))
+    rms = jnp.sqrt(jnp.mean(m * m, axis=0, keepdims=True))
+    return jnp.broadcast_to(rms, m.shape).reshape(x.shape)''',
 }
 TEX_INPUTS = {"w": "w", "g": "g", "lr": r"\eta", "t": "t"}
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _NUMBER = re.compile(r"-?\d+(\.\d+)?(e[+-]\d+)?")
 _DESCRIPTION = re.compile(r"[A-Za-z0-9 \n.,;:!?()\[\]\-+*/=<>'%&|~#@_^]*")
-_RESERVED = {"jax", "jnp", "optax", "functools", "annotations", "NamedTuple", "TINY", "MAX_EXP",
-             "_rule", "_per_tensor", *HELPERS}  # fmt: skip
+_RESERVED = {"jax", "jnp", "optax", "functools", "math", "annotations", "NamedTuple", "TINY",
+             "MAX_EXP", "_rule", "_per_tensor", *HELPERS}  # fmt: skip
 
 
 class _Value(NamedTuple):
@@ -310,7 +360,9 @@ def export_latex(program: Program) -> str:
     value at the next step), then `w \\leftarrow w - u`. Roots and logarithms take `|x|`;
     the guards of `search.ops` that act only at extremes (divisors and bases of powers below
     `TINY` in magnitude, `exp` and powers beyond `exp(MAX_EXP)`) are left out, so
-    `search.formula.check_formula` compares the formula with the rule."""
+    `search.formula.check_formula` compares the formula with the rule. The matrix ops print as
+    `\\operatorname{orth}`, `\\operatorname{rms}_{\\text{row}}` and `_{\\text{col}}`, which
+    `export_markdown` defines."""
     body = " \\\\\n".join(_tex_lines(_layout(program)))
     return f"\\begin{{aligned}}\n{body}\n\\end{{aligned}}"
 
@@ -340,7 +392,22 @@ def export_markdown(program: Program) -> str:
         "$\\max(\\lvert x \\rvert, 10^{-12})$ to powers, which it keeps within "
         "$[e^{-80}, e^{80}]$, and caps $\\exp$ at $e^{80}$.\n\n"
     )
+    if any(line.inst.op in MATRIX_OPS for line in rule.lines):
+        text += _MATRIX_NOTE
     return f"{text}$$\n{export_latex(program)}\n$$\n\n" + "\n".join(rows) + "\n"
+
+
+_MATRIX_NOTE = (
+    "Each tensor is read as an $r \\times n$ matrix: its leading axes folded into the $r$ rows, "
+    "a vector as one row. $\\operatorname{orth}(x)$ is Muon's direction (Jordan et al. 2024), "
+    f"$\\sqrt{{\\max(1, n / r)}}$ times {NS_STEPS} quintic Newton-Schulz iterations "
+    "$X \\leftarrow a X + (b A + c A^2) X$, $A = X X^\\top$, "
+    f"$(a, b, c) = {NS_COEFFS}$, from $X = x / (\\lVert x \\rVert + 10^{{-7}})$ "
+    "(about $U V^\\top$ for $x = U S V^\\top$), and $x / (\\operatorname{rms}(x) + 10^{-12})$ "
+    "for a vector or a scalar; $\\operatorname{rms}_{\\text{row}}(x)$ and "
+    "$\\operatorname{rms}_{\\text{col}}(x)$ are the RMS of each row and of each column, "
+    "repeated over the shape of $x$ (Adafactor's statistics).\n\n"
+)
 
 
 def _tuple(names: list[str]) -> str:
@@ -484,6 +551,7 @@ def export_python(
         "from __future__ import annotations",
         "",
         *(["import functools"] if scalars else []),
+        *(["import math"] if "math." in every else []),
         "from typing import NamedTuple",
         "",
         "import jax",
@@ -593,6 +661,44 @@ TORCH_HELPERS = {
     return torch.sqrt(torch.sum(x * x))""",
     "_rms": """def _rms(x):
     return torch.sqrt(torch.sum(x * x) / x.numel())""",
+    "_orthogonalized": f'''def _orthogonalized(x):
+    """Muon's direction for `x` seen as an `r x n` matrix (leading axes folded into the rows):
+    `sqrt(max(1, n / r))` times {NS_STEPS} Newton-Schulz iterations `X <- a X + (b A + c A^2) X`,
+    `A = X X^T`, from `X = x / (||x|| + {NS_EPS})` (on the Gram matrix when `n >= 2 r`); a
+    vector or scalar: `x / (rms(x) + TINY)`."""
+    if x.dim() < 2:
+        return x / (torch.sqrt(torch.sum(x * x) / x.numel()) + TINY)
+    a, b, c = {NS_COEFFS!r}
+    rows, cols = math.prod(x.shape[:-1]), x.shape[-1]
+    wide = rows <= cols
+    X = x.reshape(rows, cols) if wide else x.reshape(rows, cols).T
+    X = X / (torch.sqrt(torch.sum(X * X) + 1e-30) + {NS_EPS!r})
+    r, n = X.shape
+    if n >= 2 * r:
+        identity = torch.eye(r, dtype=X.dtype, device=X.device)
+        Q, A = identity, X @ X.T
+        for _ in range({NS_STEPS}):
+            P = a * identity + b * A + c * A @ A
+            Q, A = P @ Q, P @ A @ P
+        X = Q @ X
+    else:
+        for _ in range({NS_STEPS}):
+            A = X @ X.T
+            X = a * X + (b * A + c * A @ A) @ X
+    X = X if wide else X.T
+    return (X * math.sqrt(max(1.0, cols / rows))).reshape(x.shape)''',
+    "_row_rms": '''def _row_rms(x):
+    """The RMS of each row of `x` seen as a matrix (a vector as one row), broadcast to its
+    shape."""
+    m = x.reshape((math.prod(x.shape[:-1]), x.shape[-1]) if x.dim() else (1, 1))
+    rms = torch.sqrt(torch.mean(m * m, dim=1, keepdim=True))
+    return rms.repeat(1, m.shape[1]).reshape(x.shape)''',
+    "_col_rms": '''def _col_rms(x):
+    """The RMS of each column of `x` seen as a matrix (a vector as one row), broadcast to its
+    shape."""
+    m = x.reshape((math.prod(x.shape[:-1]), x.shape[-1]) if x.dim() else (1, 1))
+    rms = torch.sqrt(torch.mean(m * m, dim=0, keepdim=True))
+    return rms.repeat(m.shape[0], 1).reshape(x.shape)''',
 }
 _TORCH_RESERVED = {"torch", "math", "annotations", "TINY", "MAX_EXP", "_rule", *TORCH_HELPERS}
 

@@ -3,11 +3,11 @@ stream of random inputs (Chen et al. 2023, "Symbolic Discovery of Optimization A
 publish the formula of the rule they found; a formula must be that rule at every step).
 
 `check_formula` parses the LaTeX of `search.export` as the mathematics it shows (`\\frac{a}{b}`
-is `a / b`, `\\exp` is `exp`, `|x|^{c}` is a power, with no guard the text does not show), and
-the Markdown table as the ops it names; it runs both and the interpreter on the same weights,
-gradients, learning rates and steps `t = 1..steps`, and reports how far their updates are apart.
-Nothing is evaluated as code: the text is tokenized and parsed into tuples, which are computed
-with jnp.
+is `a / b`, `\\exp` is `exp`, `|x|^{c}` is a power, with no guard the text does not show, and the
+matrix ops `orth`, `rms_row`, `rms_col` as `search.ops` computes them), and the Markdown table as
+the ops it names; it runs both and the interpreter on the same weights, gradients, learning rates
+and steps `t = 1..steps`, and reports how far their updates are apart. Nothing is evaluated as
+code: the text is tokenized and parsed into tuples, which are computed with jnp.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 from search.export import export_latex, export_markdown
 from search.interpreter import run_program
 from search.mutation import rng_from_key
-from search.ops import OPS, apply
+from search.ops import OPS, apply, col_rms, orthogonalized, row_rms
 from search.program import Program
 
 STEPS = 10_000
@@ -60,7 +60,8 @@ class Form(NamedTuple):
 
 _TOKEN = re.compile(
     r"\s*(?:(?P<number>(?:\d+(?:\.\d+)? \\cdot )?10\^\{-?\d+\}|\d+(?:\.\d+)?)"
-    r"|(?P<command>\\operatorname\{[a-z]+\}|\\text\{if \}|\\text\{else\}|\\(?:begin|end)\{cases\}"
+    r"|(?P<command>\\operatorname\{[a-z]+\}(?:_\{\\text\{[a-z]+\}\})?"
+    r"|\\text\{if \}|\\text\{else\}|\\(?:begin|end)\{cases\}"
     r"|\\left\(|\\right\)|\\[A-Za-z]+|\\,|\\\\)"
     r"|(?P<name>[a-z](?:_\{\d+\})?'?)"
     r"|(?P<symbol>[-+(){}\[\],^>&]))"
@@ -70,7 +71,9 @@ _LATEX_STATE = re.compile(r"m|s_\{\d+\}")
 _TABLE_STATE = re.compile(r"m|s\d+")
 _UNARY = {r"\exp": "exp", r"\log": "log", r"\tanh": "tanh", r"\sigma": "sigmoid",
           r"\operatorname{sign}": "sign", r"\operatorname{rms}": "rms",
-          r"\operatorname{mean}": "mean", r"\operatorname{size}": "size"}  # fmt: skip
+          r"\operatorname{mean}": "mean", r"\operatorname{size}": "size",
+          r"\operatorname{orth}": "orth", r"\operatorname{rms}_{\text{row}}": "row_rms",
+          r"\operatorname{rms}_{\text{col}}": "col_rms"}  # fmt: skip
 _BINARY = {r"\max": "max", r"\min": "min", r"\operatorname{clip}": "clip", r"\cos": "cos"}
 _FACTOR_STARTS = {"(", "{", "[", r"\frac", r"\sqrt", r"\lvert", r"\lVert", r"\langle", r"\eta",
                   r"\textstyle", r"\begin{cases}", *_UNARY, *_BINARY}  # fmt: skip
@@ -304,7 +307,8 @@ _MATH: dict[str, Callable[..., jax.Array]] = {
     "max_abs": lambda x: jnp.max(jnp.abs(x)), "dot": lambda a, b: jnp.sum(a * b), "norm": _norm,
     "cos": lambda a, b: jnp.sum(a * b) / (_norm(a) * _norm(b)),
     "indicator": lambda x: (x > 0).astype(x.dtype),
-    "select": lambda p, a, b: jnp.where(p > 0, a, b),
+    "select": lambda p, a, b: jnp.where(p > 0, a, b), "orth": orthogonalized,
+    "row_rms": row_rms, "col_rms": col_rms,
 }  # fmt: skip
 
 

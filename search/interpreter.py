@@ -2,9 +2,10 @@
 compiled interpreter (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms").
 
 Both apply the rule to each parameter tensor (the encoded one to all tensors concatenated, with
-reductions per tensor), with `k` state tensors per parameter tensor (zero at first), `t = step +
-1` from the `step` extra argument or their own count, and the learning rate a float or an optax
-schedule of the step. They return `-u`, since optax adds updates.
+reductions per tensor and the matrix ops on each tensor in its own shape), with `k` state tensors
+per parameter tensor (zero at first), `t = step + 1` from the `step` extra argument or their own
+count, and the learning rate a float or an optax schedule of the step. They return `-u`, since
+optax adds updates.
 
 The encoded interpreter's op codes are data. Under `vmap` over programs a `lax.switch` on a
 per-program op id lowers to computing every op and selecting one, so each body instruction slot
@@ -17,6 +18,7 @@ so that each tile holds few distinct ops. `bench/search.py` measures the choices
 from __future__ import annotations
 
 import functools
+import math
 from typing import NamedTuple
 
 import jax
@@ -153,9 +155,11 @@ def _select_all(ops: tuple[Op, ...], index, xs, c, reducer: Reducer) -> jax.Arra
     return jax.lax.select_n(index, *_op_values(ops, xs, c, reducer))
 
 
-def segment_reducer(sizes: tuple[int, ...]) -> Reducer:
-    """Reductions over each segment of a flat vector that concatenates tensors of `sizes`."""
-    ends = np.cumsum(sizes)
+def segment_reducer(shapes: tuple[tuple[int, ...], ...]) -> Reducer:
+    """Reductions over each segment of a flat vector that concatenates tensors of `shapes`;
+    `per_tensor` sees each segment in its tensor's shape (of a flat vector only)."""
+    sizes = [math.prod(shape) for shape in shapes]
+    ends = np.cumsum(sizes, dtype=int)
     bounds = [(int(end - n), int(end)) for end, n in zip(ends, sizes, strict=True)]
 
     def per_segment(reduce):
@@ -168,8 +172,15 @@ def segment_reducer(sizes: tuple[int, ...]) -> Reducer:
 
         return segmented
 
+    def per_tensor(f, x):
+        parts = [f(x[a:b].reshape(shape)).reshape(-1)
+                 for (a, b), shape in zip(bounds, shapes, strict=True)]  # fmt: skip
+        return jnp.concatenate(parts)
+
     counts = np.repeat(np.asarray(sizes, np.float32), sizes)
-    return Reducer(per_segment(jnp.sum), per_segment(jnp.max), lambda x: counts.astype(x.dtype))
+    return Reducer(
+        per_segment(jnp.sum), per_segment(jnp.max), lambda x: counts.astype(x.dtype), per_tensor
+    )
 
 
 class SlotOps(NamedTuple):
@@ -231,10 +242,11 @@ def run_prologue(encoded: EncodedProgram, lr, t) -> jax.Array:
     return scalars
 
 
-def run_body(encoded: EncodedProgram, scalars: jax.Array, w, g, slots, ops: SlotOps, sizes):
+def run_body(encoded: EncodedProgram, scalars: jax.Array, w, g, slots, ops: SlotOps, shapes):
     """`(u, new slots)` of the encoded body on flat vectors `w, g, slots` that concatenate
-    tensors of `sizes` (reductions reduce each one), given the prologue's scalar file."""
-    size, k, reducer = g.shape[0], encoded.num_state, segment_reducer(sizes)
+    tensors of `shapes` (reductions reduce each one, matrix ops see its shape), given the
+    prologue's scalar file."""
+    size, k, reducer = g.shape[0], encoded.num_state, segment_reducer(shapes)
     n_scalar = scalar_file_size(encoded.max_len)
     n_tensor = tensor_file_size(encoded.max_len, k)
     tensors = (
@@ -287,7 +299,7 @@ def encoded_transform(
 
         def tree_rule(w, g, slots):
             """All tensors as one flat vector: the body runs (and compiles) once per update."""
-            shapes, sizes = [x.shape for x in g], tuple(x.size for x in g)
+            shapes, sizes = tuple(x.shape for x in g), tuple(x.size for x in g)
             dtype = jnp.result_type(*g)
 
             def flat(leaves):
@@ -298,7 +310,7 @@ def encoded_transform(
                 return [p.reshape(shape) for p, shape in zip(parts, shapes, strict=True)]
 
             flat_slots = [flat(s) for s in slots]
-            u, new = run_body(encoded, scalars, flat(w), flat(g), flat_slots, ops, sizes)
+            u, new = run_body(encoded, scalars, flat(w), flat(g), flat_slots, ops, shapes)
             return unflat(u), [unflat(s) for s in new]
 
         return tree_rule

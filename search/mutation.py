@@ -17,7 +17,7 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-from search.ops import ANY, OPS, SCALAR, TENSOR, result_kind
+from search.ops import ANY, MATRIX_OPS, OPS, SCALAR, TENSOR, result_kind
 from search.program import (
     CONSTANTS,
     INPUTS,
@@ -46,6 +46,9 @@ class MutationConfig:
       max_instructions: most instructions a program may hold (dead ones included).
       max_state: most state slots.
       ops: the ops new instructions may use.
+      matrix_ops: whether they may use the matrix ops (`search.ops.MATRIX_OPS`, which see each
+        tensor's shape); off by default (searches, and their resumes, keep the op set they
+        were started with), False drops them from `ops`.
       weights: relative frequency of each mutation kind (`KINDS`); 0 disables one.
       const_sigma: a constant is multiplied by `exp(const_sigma N(0, 1))`...
       flip_probability: ...and negated with this probability.
@@ -56,6 +59,7 @@ class MutationConfig:
     max_instructions: int = 16
     max_state: int = 2
     ops: tuple[str, ...] = tuple(OPS)
+    matrix_ops: bool = False
     weights: Mapping[str, float] = dataclasses.field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
     const_sigma: float = 0.5
     flip_probability: float = 0.1
@@ -63,7 +67,10 @@ class MutationConfig:
     num_registers: int = 24
 
     def __post_init__(self):
-        object.__setattr__(self, "ops", tuple(self.ops))
+        if not isinstance(self.matrix_ops, bool):
+            raise ValueError(f"matrix_ops must be true or false, got {self.matrix_ops!r:.40}")
+        ops = tuple(op for op in self.ops if self.matrix_ops or op not in MATRIX_OPS)
+        object.__setattr__(self, "ops", ops)
         object.__setattr__(self, "weights", {**DEFAULT_WEIGHTS, **dict(self.weights)})
         _check_int("max_instructions", self.max_instructions, 1, MAX_INSTRUCTIONS)
         _check_int("max_state", self.max_state, 0, MAX_STATE)

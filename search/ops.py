@@ -7,7 +7,8 @@ smaller than `TINY` in magnitude become `+-TINY`, exponentials and powers stay b
 `exp(MAX_EXP)`. Values are scalars or tensors (one parameter tensor); an operand of kind `ANY`
 takes either, and an op whose result is `SAME` returns a tensor when any operand is one.
 Reductions (`norm`, `dot`, ...) reduce over the one tensor the rule is applied to, so a rule is
-layer-wise, like the paper's.
+layer-wise, like the paper's. The matrix ops (`MATRIX_OPS`: Muon's orthogonalisation, Adafactor's
+row and column RMS) see that tensor in its own shape, as a matrix (`matrix_shape`).
 
 Op ids are stable: they are the op codes of the fixed-shape encoding (`search.encoding`), where 0
 is the padding no-op, so a new op takes the next free id and an id is never reused. Rule files
@@ -17,15 +18,19 @@ store op names, never ids.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 
+from baselines.muon import NS_COEFFS, newton_schulz
+
 SCALAR, TENSOR, ANY, SAME = "scalar", "tensor", "any", "same"
 TINY = 1e-12
 MAX_EXP = 80.0
 NOP_ID = 0
+NS_STEPS, NS_EPS = 5, 1e-7  # Muon's Newton-Schulz iterations and the epsilon of its normalization
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,21 +53,24 @@ class Op:
 
     @property
     def reduces(self) -> bool:
-        return self.name in _REDUCTIONS
+        """Whether `fn` reads the whole tensor (and so takes a `Reducer`)."""
+        return self.name in _REDUCTIONS or self.name in MATRIX_OPS
 
 
 @dataclasses.dataclass(frozen=True)
 class Reducer:
     """What a reduction sees as "the tensor": `sum(x)`, `max(x)` and `size(x)`, each
-    broadcastable against `x`. `WHOLE` reduces the whole array; the population interpreter uses
-    one that reduces each parameter tensor's segment of a flat vector."""
+    broadcastable against `x`, and `per_tensor(f, x)`, `f` applied to each tensor in its own
+    shape. `WHOLE` takes the whole array as it is; the population interpreter uses one that
+    takes each parameter tensor's segment of a flat vector."""
 
     sum: Callable[[jax.Array], jax.Array]
     max: Callable[[jax.Array], jax.Array]
     size: Callable[[jax.Array], jax.Array]
+    per_tensor: Callable[[Callable[[jax.Array], jax.Array], jax.Array], jax.Array]
 
 
-WHOLE = Reducer(jnp.sum, jnp.max, lambda x: jnp.asarray(x.size, x.dtype))
+WHOLE = Reducer(jnp.sum, jnp.max, lambda x: jnp.asarray(x.size, x.dtype), lambda f, x: f(x))
 
 
 def _safe_divisor(x):
@@ -97,6 +105,45 @@ def _rms(x, r: Reducer):
     return jnp.sqrt(r.sum(x * x) / r.size(x))
 
 
+def matrix_shape(shape: tuple[int, ...]) -> tuple[int, int]:
+    """A tensor seen as a matrix: `(product of the leading axes, last axis)`, so a vector of `n`
+    entries is `1 x n`, a scalar `1 x 1` and a convolution kernel HWIO `HWI x O` (as Muon sees
+    it)."""
+    return (math.prod(shape[:-1]), shape[-1]) if shape else (1, 1)
+
+
+def orthogonalized(x: jax.Array) -> jax.Array:
+    """Muon's update direction (Jordan et al. 2024) for `x` seen as an `r x n` matrix:
+    `sqrt(max(1, n / r)) NS_5(x)`, `NS_5` the quintic Newton-Schulz iteration of
+    `baselines.muon.newton_schulz` (about `U V^T` for `x = U S V^T`). A vector or scalar (one
+    row) gets its exact orthogonal factor with that scale, `x / (rms(x) + TINY)`."""
+    if x.ndim < 2:
+        return x / (_rms(x, WHOLE) + TINY)
+    rows, cols = matrix_shape(x.shape)
+    o = newton_schulz(x.reshape(rows, cols), NS_COEFFS, NS_STEPS, NS_EPS)
+    o = o * math.sqrt(max(1.0, cols / rows))
+    return o.reshape(x.shape)
+
+
+def row_rms(x: jax.Array) -> jax.Array:
+    """The RMS of each row of `x` seen as a matrix (`matrix_shape`), broadcast back to its
+    shape: Adafactor's row statistic (Shazeer & Stern 2018); a vector's whole RMS, a scalar's
+    `|x|`."""
+    m = x.reshape(matrix_shape(x.shape))
+    return jnp.broadcast_to(jnp.sqrt(jnp.mean(m * m, axis=1, keepdims=True)), m.shape).reshape(
+        x.shape
+    )
+
+
+def col_rms(x: jax.Array) -> jax.Array:
+    """The RMS of each column of `x` seen as a matrix (`matrix_shape`), broadcast back to its
+    shape: Adafactor's column statistic; a vector's or scalar's `|x|`."""
+    m = x.reshape(matrix_shape(x.shape))
+    return jnp.broadcast_to(jnp.sqrt(jnp.mean(m * m, axis=0, keepdims=True)), m.shape).reshape(
+        x.shape
+    )
+
+
 def _interp(a, b, t):
     """`(1 - t) a + t b`, the EMA form `optax.tree.update_moment` uses."""
     return (1 - t) * a + t * b
@@ -106,6 +153,7 @@ _U, _B, _T = (ANY,), (ANY, ANY), (ANY, ANY, ANY)
 _COMMUTATIVE = ("add", "mul", "max", "min", "dot", "cosine")
 _REDUCTIONS = ("clip_by_norm", "normalize", "norm", "rms", "mean", "sum", "max_abs", "size", "dot",
                "cosine")  # fmt: skip
+MATRIX_OPS = ("newton_schulz", "row_rms", "col_rms")
 
 # name: (id, operand kinds, result kind, uses the constant, fn(*operands, c[, reducer]), doc)
 _TABLE = {
@@ -161,6 +209,18 @@ _TABLE = {
         45, (TENSOR, TENSOR), SCALAR, False,
         lambda a, b, c, r: r.sum(a * b) / _safe_divisor(_norm(a, r) * _norm(b, r)),
         "<a, b> / (||a|| ||b||)",
+    ),
+    "newton_schulz": (
+        46, (TENSOR,), TENSOR, False, lambda x, c, r: r.per_tensor(orthogonalized, x),
+        "sqrt(max(1, n/r)) NS_5(x) of x as an r x n matrix; x/rms(x) for a vector or scalar",
+    ),
+    "row_rms": (
+        47, (TENSOR,), TENSOR, False, lambda x, c, r: r.per_tensor(row_rms, x),
+        "rms of each row of x as a matrix; rms(x) for a vector, |x| for a scalar",
+    ),
+    "col_rms": (
+        48, (TENSOR,), TENSOR, False, lambda x, c, r: r.per_tensor(col_rms, x),
+        "rms of each column of x as a matrix; |x| for a vector or scalar",
     ),
 }  # fmt: skip
 

@@ -1,22 +1,22 @@
 """Hand-written optimizers as programs: the warm starts of a search (Chen et al. 2023, "Symbolic
 Discovery of Optimization Algorithms", start their search from AdamW).
 
-Each factory returns a `Program` equal to the optax optimizer of the same name (the tests compare
-them); the learning rate is the program's input `lr`, the hyperparameters are constants. An EMA
-`b m + (1 - b) g` is written `interp_c(m, g; 1 - b)`: constants are float32, and storing the
-small rate `1 - b` keeps both weights as exact as optax's (float32 `b = 0.999` is off by 1e-8,
-which is 1e-5 of `1 - b`).
+Each factory returns a `Program` equal to the optax optimizer of the same name, or for `muon` and
+`adafactor` to `baselines`' (the tests compare them); the learning rate is the program's input
+`lr`, the hyperparameters are constants. An EMA `b m + (1 - b) g` is written `interp_c(m, g; 1 -
+b)`: constants are float32, and storing the small rate `1 - b` keeps both weights as exact as
+optax's (float32 `b = 0.999` is off by 1e-8, which is 1e-5 of `1 - b`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from search.program import LR, NUM_FIXED, G, Instruction, Program, T, W
+from search.program import LR, NUM_FIXED, ONE, G, Instruction, Program, T, W
 
 S1, S2 = NUM_FIXED, NUM_FIXED + 1
 # Scratch registers for programs with one and with two state slots.
-R1, R2, R3, R4 = range(NUM_FIXED + 2, NUM_FIXED + 6)
+R1, R2, R3, R4, R5 = range(NUM_FIXED + 2, NUM_FIXED + 7)
 
 
 def _rate(beta: float) -> float:
@@ -99,6 +99,59 @@ def lion(b1: float = 0.9, b2: float = 0.99, weight_decay: float = 1e-3) -> Progr
     return Program(body, update=R1, new_state=(S1,))
 
 
+def muon(beta: float = 0.95, nesterov: bool = True) -> Program:
+    """Muon (Jordan et al. 2024) as `baselines.muon` runs it on matrices: `m = beta m + (1 - beta)
+    g`, `u = lr newton_schulz(beta m + (1 - beta) g)` (of `m` without `nesterov`), where the op
+    `newton_schulz` of an `r x n` matrix is `sqrt(max(1, n / r))` times Muon's Newton-Schulz
+    iteration. Vectors and scalars, which `baselines.muon` gives to AdamW, step by
+    `lr m / rms(m)` (the op's rule for one row)."""
+    lookahead = (_i("interp_c", R1, S1, G, c=_rate(beta)),) if nesterov else ()
+    body = (
+        _i("interp_c", S1, S1, G, c=_rate(beta)),
+        *lookahead,
+        _i("newton_schulz", R1, R1 if nesterov else S1),
+        _i("mul", R1, LR, R1),
+    )
+    return Program(body, update=R1, new_state=(S1,))
+
+
+def adafactor(decay_rate: float = 0.8, eps: float = 1e-30, eps_scale: float = 1e-3) -> Program:
+    """Adafactor as `baselines.adafactor` with its defaults (factored, update clipping at 1,
+    relative step sizes, no momentum): `R`, `C` EMAs of the row and column means of `g^2 + eps`
+    at the rate `t^(-decay_rate)` (the ops `row_rms`, `col_rms` squared), `U = g / sqrt(R C /
+    mean(R))`, `u = lr max(eps_scale, rms(w)) U / max(1, rms(U))`. The slots hold `R` and `C`
+    repeated over the tensor's shape (the rule, not the memory, of Adafactor); a vector's
+    `R C / mean(R)` is its full second moment, as in Adafactor. `U` is computed as
+    `g rms(sqrt(R)) / (sqrt(R) sqrt(C))`, whose divisors stay above the ops' `TINY` for
+    gradients down to 1e-11."""
+    body = (
+        _i("pow_c", R2, T, c=-decay_rate),  # the EMAs' rate 1 - beta2_t, 1 at t = 1
+        _i("row_rms", R1, G),
+        _i("square", R1, R1),
+        _i("add_c", R1, R1, c=eps),
+        _i("interpolate", S1, S1, R1, R2),  # R
+        _i("col_rms", R1, G),
+        _i("square", R1, R1),
+        _i("add_c", R1, R1, c=eps),
+        _i("interpolate", S2, S2, R1, R2),  # C
+        _i("sqrt_abs", R3, S1),
+        _i("div", R1, G, R3),
+        _i("rms", R4, R3),  # sqrt(mean(R))
+        _i("mul", R1, R1, R4),
+        _i("sqrt_abs", R3, S2),
+        _i("div", R1, R1, R3),  # U = g sqrt(mean(R)) / (sqrt(R) sqrt(C))
+        _i("rms", R3, R1),
+        _i("max", R3, R3, ONE),
+        _i("div", R1, R1, R3),  # U / max(1, rms(U))
+        _i("rms", R3, W),
+        _i("const", R5, c=eps_scale),
+        _i("max", R3, R3, R5),
+        _i("mul", R1, R1, R3),
+        _i("mul", R1, LR, R1),
+    )
+    return Program(body, update=R1, new_state=(S1, S2))
+
+
 PROGRAMS: dict[str, Callable[..., Program]] = {
     "sgd": sgd,
     "momentum": momentum,
@@ -106,6 +159,8 @@ PROGRAMS: dict[str, Callable[..., Program]] = {
     "adam": adam,
     "adamw": adamw,
     "lion": lion,
+    "muon": muon,
+    "adafactor": adafactor,
 }
 
 

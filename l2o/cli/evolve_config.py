@@ -15,7 +15,7 @@ TOP_KEYS = {"seed", "generations", "population_size", "tournament_size", "batch_
             "warm_starts", "warm_start_mutations", "random_programs", "reference",
             "restart_after", "checkpoint_every", "loss_floor", "max_improvement", "simplify",
             "mutation", "proxy", "funnel", "validity"}  # fmt: skip
-MUTATION_KEYS = {"max_instructions", "max_state", "ops", "weights", "const_sigma",
+MUTATION_KEYS = {"max_instructions", "max_state", "ops", "matrix_ops", "weights", "const_sigma",
                  "flip_probability", "max_tries", "num_registers"}  # fmt: skip
 SUITE_KEYS = {"tasks", "steps", "seeds", "lr_grid"}
 FUNNEL_KEYS = SUITE_KEYS | {"every", "top_k", "tolerance"}

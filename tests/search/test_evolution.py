@@ -48,7 +48,8 @@ def _counting_task():
 PROXY = Suite(("quadratic",), (_counting_task(),), 20, (1e-4, 1e-3), (0,))
 CONFIG = EvolutionConfig(
     population_size=24, tournament_size=4, batch_size=8, warm_starts=(get_program("sgd"),),
-    funnel_every=5, funnel_top_k=8, mutation=MutationConfig(max_instructions=8, max_state=1),
+    funnel_every=5, funnel_top_k=8,
+    mutation=MutationConfig(max_instructions=8, max_state=1),
 )  # fmt: skip
 EVOLUTION = make_evolution(CONFIG, PROXY)
 R = NUM_FIXED + 3
