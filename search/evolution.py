@@ -16,6 +16,10 @@ Every `funnel_every` generations, and in `finish`, the best distinct programs ar
 on the funnel suite; only those that beat or match the reference there are accepted as the
 run's best.
 
+The training proxy is the default fitness; a `Scorer` replaces it (and a second one the funnel),
+e.g. `search.distill`'s distance to an optimizer's recorded updates: any function from programs
+to records holding `fitness` (lower is better) and `penalized`, which the search caches alike.
+
 The state is plain JSON data (programs as `Program.to_json()`, the key as its key data), so a run
 can be checkpointed and resumed bit for bit.
 """
@@ -33,6 +37,7 @@ import jax
 import numpy as np
 
 from search.canonical import behaviour_fingerprints, structural_hash
+from search.distill import Scorer
 from search.encoding import encode_population, encoded_length
 from search.interpreter import population_losses
 from search.learning_rate import ignores_learning_rate
@@ -181,10 +186,24 @@ def _pad(programs: list[Program], size: int) -> list[Program]:
     return programs + [programs[0]] * (size - len(programs))
 
 
-def make_evolution(config: EvolutionConfig, proxy: Suite, funnel: Suite | None = None) -> Evolution:
+def make_evolution(
+    config: EvolutionConfig,
+    proxy: Suite | None,
+    funnel: Suite | None = None,
+    *,
+    scorer: Scorer | None = None,
+    funnel_scorer: Scorer | None = None,
+) -> Evolution:
     """The regularized evolution of `config` on the `proxy` suite, with `funnel` as the funnel
-    (default: the proxy suite on other seeds). Library code: no I/O; metrics are returned."""
-    if funnel is None:
+    (default: the proxy suite on other seeds). With a `scorer` instead of a proxy suite, the
+    fitness is `scorer(programs)`'s and the funnel's `funnel_scorer`'s (default: the scorer's),
+    and the reference's records are kept as they are. Library code: no I/O; metrics are
+    returned."""
+    if (proxy is None) == (scorer is None):
+        raise ValueError("give either a proxy suite or a scorer")
+    if scorer is not None:
+        funnel_scorer = scorer if funnel_scorer is None else funnel_scorer
+    elif funnel is None:
         seeds = tuple(s + FUNNEL_SEED_OFFSET for s in proxy.seeds)
         funnel = dataclasses.replace(proxy, seeds=seeds)
     mconfig = config.mutation
@@ -231,6 +250,16 @@ def make_evolution(config: EvolutionConfig, proxy: Suite, funnel: Suite | None =
             for rel, loss, idx in zip(relative, losses, index, strict=True)
         ]  # fmt: skip
 
+    def proxy_records(state: State, programs: list[Program]) -> list[dict]:
+        if scorer is not None:
+            return scorer(programs)
+        return records(proxy, programs, B, state["reference"]["proxy"]["losses"])
+
+    def funnel_records(state: State, programs: list[Program]) -> list[dict]:
+        if scorer is not None:
+            return funnel_scorer(programs)
+        return records(funnel, programs, K, state["reference"]["funnel"]["losses"])
+
     def evaluate(state: State, programs: Sequence[Program]):
         """Proxy records of `programs` through the cache (structural hash, then behaviour);
         the misses run in chunks of `batch_size`."""
@@ -252,8 +281,7 @@ def make_evolution(config: EvolutionConfig, proxy: Suite, funnel: Suite | None =
         fresh = [programs[i] for i in misses.values()]
         ignored = ignores_learning_rate(fresh) if fresh else []
         trained = [p for p, ignores in zip(fresh, ignored, strict=True) if not ignores]
-        new = iter(records(proxy, trained, B, state["reference"]["proxy"]["losses"])
-                   if trained else ())  # fmt: skip
+        new = iter(proxy_records(state, trained) if trained else ())
         cache.update((k, _ignores_lr_record() if ignores else next(new))
                      for k, ignores in zip(misses, ignored, strict=True))  # fmt: skip
         seconds = time.perf_counter() - t0
@@ -317,7 +345,7 @@ def make_evolution(config: EvolutionConfig, proxy: Suite, funnel: Suite | None =
         t0 = time.perf_counter()
         if todo:
             programs = [Program.from_json(m["program"]) for m in todo]
-            new = records(funnel, programs, K, state["reference"]["funnel"]["losses"])
+            new = funnel_records(state, programs)
             done = dict(done)
             for member, record in zip(todo, new, strict=True):
                 passed = record["fitness"] <= config.funnel_tolerance
@@ -379,13 +407,18 @@ def make_evolution(config: EvolutionConfig, proxy: Suite, funnel: Suite | None =
             "counters": {"proposed": 0, "rejected": 0, "evaluated": 0, "cache_hits": 0,
                          "penalized": 0, "ignores_lr": 0, "restarts": 0, "funnel_evaluated": 0},
         }  # fmt: skip
-        proxy_ref, _ = tuned_losses(proxy, [reference], B)
-        funnel_ref, _ = tuned_losses(funnel, [reference], K)
-        state["reference"] = {
-            "program": reference.to_json(),
-            "proxy": {"losses": [float(x) for x in proxy_ref[0]]},
-            "funnel": {"losses": [float(x) for x in funnel_ref[0]]},
-        }
+        if scorer is not None:
+            state["reference"] = {"program": reference.to_json(),
+                                  "proxy": scorer([reference])[0],
+                                  "funnel": funnel_scorer([reference])[0]}  # fmt: skip
+        else:
+            proxy_ref, _ = tuned_losses(proxy, [reference], B)
+            funnel_ref, _ = tuned_losses(funnel, [reference], K)
+            state["reference"] = {
+                "program": reference.to_json(),
+                "proxy": {"losses": [float(x) for x in proxy_ref[0]]},
+                "funnel": {"losses": [float(x) for x in funnel_ref[0]]},
+            }
         programs = seed_population(rng, list(config.warm_starts), config.random_programs)
         state["counters"]["proposed"] = len(programs)
         state, members, stats = populate(state, programs, 0)
@@ -464,6 +497,8 @@ def make_evolution(config: EvolutionConfig, proxy: Suite, funnel: Suite | None =
         the reference, tuned on `suite`'s grid) over at most `num_programs` distinct members of
         the final population spread over its fitness range; rules that ignore the learning
         rate or diverged on the proxy are left out. Also rho per task of `suite`."""
+        if scorer is not None:
+            raise ValueError("the proxy's validity is measured for the training proxy only")
         distinct: dict[str, dict] = {}
         for member in state["population"]:
             record = state["cache"][member["key"]]
@@ -499,8 +534,8 @@ def make_evolution(config: EvolutionConfig, proxy: Suite, funnel: Suite | None =
 def _accepted(key: str, record: dict) -> dict:
     """The `accepted` entry of the state for a funnel record."""
     return {"program": record["program"], "key": key, "fitness": record["proxy_fitness"],
-            "funnel_fitness": record["fitness"], "funnel_losses": record["losses"],
-            "funnel_lr_index": record["lr_index"], "simplified": False}  # fmt: skip
+            "funnel_fitness": record["fitness"], "funnel_losses": record.get("losses"),
+            "funnel_lr_index": record.get("lr_index"), "simplified": False}  # fmt: skip
 
 
 def _finite_or_none(x: float) -> float | None:

@@ -245,6 +245,16 @@ def cmd_evolve(args) -> int:
     )  # fmt: skip
 
 
+def cmd_distill(args) -> int:
+    """Distill an optimizer into a symbolic rule from a YAML config."""
+    from l2o.cli.distill import run_distill_command
+
+    return run_distill_command(
+        args.optimizer, args.config, Path(args.out), resume=args.resume,
+        overwrite=args.overwrite, generations=args.generations, max_memory=args.max_memory,
+    )  # fmt: skip
+
+
 def cmd_export_rule(args) -> int:
     """Write a rule file as an optax module, Markdown and LaTeX, or as a PyTorch module."""
     from l2o.cli.export import run_export_rule_command
@@ -399,6 +409,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_distributed_flags(p)
     add_memory_flag(p)
     p.set_defaults(func=cmd_evolve)
+
+    p = sub.add_parser(
+        "distill", help="distill an optimizer into a symbolic rule matching its update directions"
+    )
+    p.add_argument(
+        "optimizer", help="optimizer to distill: a .safetensors or rule .json file, or a baseline"
+    )
+    p.add_argument("--config", type=Path, required=True, help="YAML run (configs/distill_*.yaml)")
+    p.add_argument("--out", default="runs/distill", help="output directory")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    _add_overwrite_flag(p)
+    p.add_argument("--generations", type=_positive_int, help="generations (override the config)")
+    add_memory_flag(p)
+    p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser(
         "export-rule",

@@ -20,7 +20,7 @@ LOCK_FILE = ".l2o.lock"
 RUN_FILES = re.compile(
     r"results\.json|report\.md|.*\.png|events\.out\.tfevents\..*|meta_metrics\.json"
     r"|ckpt_\d{8}\.npz|optimizer\.safetensors|study\.json|study\.journal.*|evolution\.json"
-    r"|best_rule\.json|evolve_\d{8}\.json|journal\.json|pairs|\..*\.tmp"
+    r"|best_rule\.json|evolve_\d{8}\.json|journal\.json|distill\.json|pairs|\..*\.tmp"
 )
 """Every name an l2o command writes in its output folder (`pairs` is a folder)."""
 

@@ -43,6 +43,8 @@ COMMANDS = {
     "export": (["export", "meta", "--out", "exported.safetensors"], ["exported.safetensors"]),
     "evolve": (["evolve", "--config", "evolve.yaml", "--generations", "2", "--out", "evolve"],
                ["evolve/evolution.json", "evolve/best_rule.json"]),
+    "distill": (["distill", "adam", "--config", "distill.yaml", "--out", "distill"],
+                ["distill/distill.json", "distill/best_rule.json"]),
     "export-rule": (["export-rule", "evolve/best_rule.json", "--out", "rule", "--name", "rule"],
                     ["rule/rule.py", "rule/rule.md", "rule/rule.tex"]),
     "quickstart": (["quickstart", "--out", "quickstart", "--steps", "5", "--seeds", "2"],
@@ -70,6 +72,16 @@ seeds: 1
 timing_steps: 2
 targets: {file: targets.json, trials: 2, steps: 10, setters: [adamw]}
 tuning: {trials: 1, studies: 2}
+"""
+DISTILL = """generations: 2
+population_size: 6
+tournament_size: 2
+batch_size: 4
+warm_starts: [sgd]
+mutation: {max_instructions: 8, max_state: 1}
+fit: {tasks: [{name: digits_mlp, options: {hidden: [4]}}], steps: 8}
+heldout: {tasks: [{name: digits_mlp, options: {hidden: [4]}}], steps: 8}
+funnel: {top_k: 2}
 """
 # Commands that read or list but compute nothing: nothing to compare.
 NOT_COMPUTING = ("tasks", "optimizers", "report")
@@ -141,6 +153,7 @@ def two_runs(tmp_path_factory, subprocess_env):
         (folder / "evolve.yaml").write_text((REPO / "configs" / "evolve_tiny.yaml").read_text())
         (folder / "protocol.yaml").write_text(PROTOCOL)
         (folder / "evaluate.yaml").write_text(EVALUATE)
+        (folder / "distill.yaml").write_text(DISTILL)
         argvs = [argv for argv, _ in COMMANDS.values()]
         env = {**subprocess_env, "PYTHONHASHSEED": hash_seed}
         done = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(argvs),
@@ -175,7 +188,7 @@ def _recorded(folder: Path, command: str) -> tuple[dict, object]:
         return results["versions"], results["config"]["seed"]
     if command.startswith("tune"):
         return results["versions"], (results["config"]["seed"], results["config"]["seeds"])
-    if command == "meta-train":
+    if command in ("meta-train", "distill"):
         return results["versions"], results["seed"]
     if command == "evolve":
         rule = json.loads((folder / COMMANDS[command][1][1]).read_text())["metadata"]
@@ -189,8 +202,8 @@ def _recorded(folder: Path, command: str) -> tuple[dict, object]:
 def test_results_record_versions_and_seeds(two_runs, command):
     versions, seed = _recorded(two_runs[0], command)
     assert {"python", "jax", "jaxlib", "optax", "numpy", "l2o"} <= set(versions), versions
-    expected = {"train": 3, "meta-train": 0, "export": 0, "evolve": 0, "evaluate": [0],
-                "quickstart": [0, 1], "targets": 1, "protocol": 1}  # fmt: skip
+    expected = {"train": 3, "meta-train": 0, "export": 0, "evolve": 0, "distill": 0,
+                "evaluate": [0], "quickstart": [0, 1], "targets": 1, "protocol": 1}  # fmt: skip
     assert seed == expected.get(command, (1, [1])), (command, seed)
 
 

@@ -48,6 +48,7 @@ FUZZED = (
     "meta-train",
     "export",
     "evolve",
+    "distill",
     "export-rule",
     "quickstart",
     "targets",
@@ -83,6 +84,7 @@ def _one_step(task, optimizer_of, *args):
 
 def stand_ins(monkeypatch) -> None:
     """Replace each command's training by a stand-in that checks its inputs and stops."""
+    import l2o.cli.distill
     import l2o.cli.evaluate
     import l2o.cli.export
     import l2o.cli.meta_train
@@ -172,6 +174,12 @@ def stand_ins(monkeypatch) -> None:
 
         return types.SimpleNamespace(init=init, step=step, finish=step)
 
+    def record_streams(streams, optimizer):
+        assert 1 <= streams.steps < 2**31 and streams.seeds
+        for task in streams.tasks.values():
+            _one_step(task, lambda: optimizer)
+        raise Reached
+
     def setter_score(task, name, space, num_steps, eval_every, *, num_trials, seeds, seed):
         jnp.asarray(seeds), jax.random.key(seed)
         assert 1 <= eval_every <= num_steps < 2**31 and 1 <= num_trials <= 1000
@@ -193,6 +201,7 @@ def stand_ins(monkeypatch) -> None:
     monkeypatch.setattr(l2o.cli.export, "make_meta_trainer", meta_trainer)
     monkeypatch.setattr(l2o.cli.quickstart, "lr_seed_sweep", sweep)
     monkeypatch.setattr(search.evolution, "make_evolution", make_evolution)
+    monkeypatch.setattr(l2o.cli.distill, "record_streams", record_streams)
 
 
 def run_cli(argv: list[str]) -> tuple[int | str, str, str]:
@@ -256,6 +265,9 @@ def files(tmp_path):
         "proxy: {tasks: [rosenbrock], steps: 5, seeds: 1}\n"
         "population_size: 4\ntournament_size: 2\nbatch_size: 2\ngenerations: 2\n"
         "funnel: {tasks: [{name: quadratic_k100, options: {dim: 3}}], every: 1, top_k: 2}\n",
+        "distill.yaml": "warm_starts: [sgd]\nfit: {tasks: [rosenbrock], steps: 5}\n"
+        "heldout: {tasks: [{name: quadratic_k100, options: {dim: 3}}], steps: 5}\n"
+        "population_size: 4\ntournament_size: 2\nbatch_size: 2\ngenerations: 2\n",
         "protocol.yaml": "tasks: [rosenbrock, {name: quadratic_k100, options: {dim: 4}}]\n"
         "optimizers: [adamw, {name: sgd, hparams: {learning_rate: 0.1}}]\n"
         "steps: 6\neval_every: 2\nseeds: 1\ntiming_steps: 2\n"
@@ -315,7 +327,14 @@ def _value_pools(files: Path, fresh: Path) -> dict[str, list[str]]:
     spaces = [str(files / n) for n in ("sgd_space.yaml", "adam_space.yaml", "fixed_space.yaml")]
     configs = [
         str(files / n)
-        for n in ("suite.yaml", "meta.yaml", "meta_mlp.yaml", "evolve.yaml", "protocol.yaml")
+        for n in (
+            "suite.yaml",
+            "meta.yaml",
+            "meta_mlp.yaml",
+            "evolve.yaml",
+            "distill.yaml",
+            "protocol.yaml",
+        )
     ]
     return {
         "--task": CHEAP_TASKS,
@@ -601,6 +620,19 @@ def templates(files: Path, fresh: Path) -> dict[str, list[list[str]]]:
             ["evolve", "--config", str(files / "evolve.yaml"), "--out", out],
             ["evolve", "--config", str(files / "evolve.yaml"), "--generations", "1", "--out", out],
         ],
+        "distill": [
+            ["distill", "adam", "--config", str(files / "distill.yaml"), "--out", out],
+            [
+                "distill",
+                str(files / "rule.json"),
+                "--config",
+                str(files / "distill.yaml"),
+                "--generations",
+                "1",
+                "--out",
+                out,
+            ],
+        ],  # fmt: skip
         "export-rule": [["export-rule", str(files / "rule.json"), "--out", out, "--name", "rule"]],
         "quickstart": [["quickstart", "--out", out, "--steps", "2", "--seeds", "1"]],
         "targets": [
