@@ -73,6 +73,7 @@ def test_matched_learning_rate_recovers_the_recorded_step_size():
     )
 
 
+@pytest.mark.slow
 def test_evolution_with_the_distillation_scorer_moves_from_sgd_towards_adam():
     scorer = make_distill_scorer([adam_stream()], LR, length_penalty=0.001)
     config = EvolutionConfig(
@@ -83,10 +84,10 @@ def test_evolution_with_the_distillation_scorer_moves_from_sgd_towards_adam():
     evolution = make_evolution(config, None, scorer=scorer)
     state, _ = evolution.init(jax.random.key(0))
     start = state["reference"]["proxy"]["fitness"]
-    for _ in range(6):
-        state, metrics = evolution.step(state)
+    for _ in range(12):
+        state, _ = evolution.step(state)
     state, _ = evolution.finish(state)
-    assert state["best_fitness"] < start - 0.05
+    assert state["best_fitness"] < start - 0.1  # 0.319 -> 0.156 (seed 0)
     assert state["accepted"] is not None and state["accepted"]["fitness"] < start
 
 

@@ -27,6 +27,7 @@ def config(tmp_path):
     return path
 
 
+@pytest.mark.slow
 def test_distill_writes_a_rule_refuses_overwrite_and_resumes(tmp_path, config, capsys):
     out = tmp_path / "run"
     argv = ["distill", "adam", "--config", str(config), "--out", str(out)]
