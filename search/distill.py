@@ -11,7 +11,9 @@ and for each parameter tensor `i` its update `p_{t,i}` is compared with the reco
     fitness = 1 - mean_{streams, t, i} cos(p_{t,i}, u_{t,i}) + length_penalty * live instructions
 
 The cosine sees the direction only, per tensor, so a program scaled by any positive constant (or
-per-tensor factor) scores the same: the learning rate is set afterwards (`matched_learning_rate`).
+per-tensor factor) scores the same, and where a program reads `lr` does not matter to it: the
+rule distilled is `lr` times the direction the search scored (`direction_rule`), with the
+learning rate set afterwards (`matched_learning_rate`).
 A cosine that is not finite (a zero or diverged update) counts as 0; steps where the recorded
 update of a tensor is zero are left out.
 """
@@ -28,7 +30,7 @@ import numpy as np
 
 from search.encoding import encode_population, encoded_length
 from search.interpreter import ProgramState, encoded_transform, slot_ops
-from search.program import MAX_STATE, Program
+from search.program import LR, MAX_REGISTERS, MAX_STATE, Instruction, Program
 
 Scorer = Callable[[Sequence[Program]], list[dict]]
 TILE = 32  # programs per compiled call
@@ -175,3 +177,17 @@ def matched_learning_rate(
         ratios.append(recorded[ok] / found[ok])
     ratios = np.concatenate(ratios)
     return float(learning_rate * np.median(ratios)) if ratios.size else float("nan")
+
+
+def direction_rule(program: Program, learning_rate: float) -> Program:
+    """`u = lr d`, with `d` the update of `program` at `lr = learning_rate` (the direction the
+    search scored at that probe learning rate): a rule exactly linear in `lr` whatever the
+    program did with it, and as close to the recorded updates as `program` at the probe."""
+    probe, out = program.num_registers, program.num_registers + 1
+    if out >= MAX_REGISTERS:
+        raise ValueError(f"a program of {program.num_registers} registers leaves no room for lr")
+    body = [Instruction("const", probe, (), learning_rate)]
+    body += [i.replace(args=tuple(probe if a == LR else a for a in i.args))
+             for i in program.instructions]  # fmt: skip
+    body.append(Instruction("mul", out, (LR, program.update)))
+    return Program(tuple(body), out, program.new_state, program.num_registers + 2)

@@ -279,7 +279,8 @@ def make_evolution(
                 misses[k] = i
         t0 = time.perf_counter()
         fresh = [programs[i] for i in misses.values()]
-        ignored = ignores_learning_rate(fresh) if fresh else []
+        # a scorer's rules become `lr` times a direction (`search.distill.direction_rule`)
+        ignored = ignores_learning_rate(fresh) if fresh and scorer is None else [False] * len(fresh)
         trained = [p for p, ignores in zip(fresh, ignored, strict=True) if not ignores]
         new = iter(proxy_records(state, trained) if trained else ())
         cache.update((k, _ignores_lr_record() if ignores else next(new))

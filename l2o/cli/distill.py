@@ -253,7 +253,12 @@ def run_distill_command(
     import jax
 
     from search.canonical import canonicalize
-    from search.distill import make_distill_scorer, matched_learning_rate, mean_cosines
+    from search.distill import (
+        direction_rule,
+        make_distill_scorer,
+        matched_learning_rate,
+        mean_cosines,
+    )
     from search.evolution import best_program, make_evolution
     from search.program import Program
     from search.rule_file import save_rule
@@ -328,8 +333,9 @@ def run_distill_command(
         program, passed = best_program(state)
     except ValueError as e:
         raise UserError(f"{e}: no best_rule.json written (see the checkpoints in {out})") from None
-    program = canonicalize(program)
-    fame = [canonicalize(Program.from_json(m["program"])) for m in state["hall_of_fame"]]
+    program = canonicalize(direction_rule(program, probe_lr))
+    fame = [canonicalize(direction_rule(Program.from_json(m["program"]), probe_lr))
+            for m in state["hall_of_fame"]]  # fmt: skip
     rules = [program, *fame]
     fit_cos, held_cos = mean_cosines(rules, fit, probe_lr), mean_cosines(rules, heldout, probe_lr)
     learning_rate = matched_learning_rate(program, fit, probe_lr)

@@ -11,8 +11,10 @@ import numpy as np
 import optax
 import pytest
 
+from search.canonical import probe_updates
 from search.distill import (
     Stream,
+    direction_rule,
     distill_records,
     make_distill_scorer,
     matched_learning_rate,
@@ -71,6 +73,17 @@ def test_matched_learning_rate_recovers_the_recorded_step_size():
     assert matched_learning_rate(_scaled(adam, 4.0), [adam_stream()], LR) == pytest.approx(
         LR / 4, rel=1e-4
     )
+
+
+def test_the_rule_of_a_direction_is_linear_in_lr_and_scores_as_the_program_at_the_probe():
+    adam = get_program("adam")  # u = lr d: the rule is lr (LR d), at lr = 1 Adam's at LR
+    rule = direction_rule(adam, LR)
+    (a, b) = distill_records([adam, rule], [adam_stream()], LR)
+    assert a["cosines"] == pytest.approx(b["cosines"], abs=1e-6)
+    assert matched_learning_rate(rule, [adam_stream()], LR) == pytest.approx(1.0, rel=1e-4)
+    ws, gs, _ = adam_stream()
+    u1, u2 = (probe_updates([rule], ws, gs, lr)[0] for lr in (1.0, 3.0))
+    np.testing.assert_allclose(u2, 3.0 * u1, rtol=1e-5)
 
 
 @pytest.mark.slow
