@@ -19,6 +19,8 @@ run's best.
 The training proxy is the default fitness; a `Scorer` replaces it (and a second one the funnel),
 e.g. `search.distill`'s distance to an optimizer's recorded updates: any function from programs
 to records holding `fitness` (lower is better) and `penalized`, which the search caches alike.
+With a scorer, a rule that ignores its learning rate is scored like any other (a distilled rule
+is `lr` times the direction scored).
 
 The state is plain JSON data (programs as `Program.to_json()`, the key as its key data), so a run
 can be checkpointed and resumed bit for bit.
