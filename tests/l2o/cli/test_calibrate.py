@@ -106,3 +106,20 @@ def test_export_rule_converts_an_adamw_learning_rate_and_documents_the_ratio(tmp
     assert main(["export-rule", str(rule), "--out", str(tmp_path / "o2"), "--adamw-lr", "1"]) == 2
     assert "no learning-rate ratio to AdamW" in capsys.readouterr().err
     assert not (tmp_path / "o2").exists()
+
+
+def test_an_evaluate_config_runs_a_rule_at_the_equivalent_of_an_adamw_learning_rate(tmp_path):
+    from l2o.cli.config import parse_optimizer
+    from l2o.evaluation.harness import optimizer_factory
+    from l2o.io import UserError
+
+    rule = tmp_path / "rule.json"
+    save_rule(rule, get_program("sgd"), {"learning_rate": 0.5, ADAMW_RATIO: {"median": 4.0}})
+    spec = parse_optimizer({"file": str(rule), "tune_lr": False, "adamw_lr": 0.003}, "o")
+    assert optimizer_factory(spec)[1] == pytest.approx(0.012)
+    assert optimizer_factory(parse_optimizer(str(rule), "o"))[1] == 0.5
+    save_rule(rule, get_program("sgd"), {"learning_rate": 0.5})
+    for entry, message in (({"file": str(rule), "adamw_lr": 0.003}, "no learning-rate ratio"),
+                           ({"name": "adamw", "adamw_lr": 0.003}, "adamw_lr")):  # fmt: skip
+        with pytest.raises(UserError, match=message):
+            parse_optimizer(entry, "o")
