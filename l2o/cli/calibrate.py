@@ -95,11 +95,11 @@ def run_calibrate_rule_command(
         raise UserError(f"--out {out} is a directory; give the rule file to write")
     if out.exists() and not overwrite:
         raise UserError(f"{out} exists: pass --overwrite to replace it, or choose another --out")
-    check_writable_dir(out.parent)
     from search.interpreter import program_transform
 
     calls = transfer_calls(run, program_transform(program, 1e-3))
     check_memory(calls, max_memory, "lr_transfer.per_decade, seeds or steps")
+    check_writable_dir(out.parent)
     ratio = measure_transfer(program, run)
     new = calibrated_metadata(metadata, ratio)
     try:
