@@ -32,7 +32,8 @@ LOSS_FLOOR = 1e-30  # losses are compared in logs
 def transfer_grid(low: float, high: float, per_decade: int) -> np.ndarray:
     """Log-spaced learning rates from `low` to `high`, `per_decade` to a decade (float32)."""
     if not (0 < low < high and per_decade >= 1):
-        raise ValueError(f"a grid needs 0 < low < high and per_decade >= 1, got {low, high}")
+        raise ValueError(f"a grid needs 0 < low < high and per_decade >= 1, got {low}, {high}, "
+                         f"{per_decade}")  # fmt: skip
     return log_grid(low, high, round(per_decade * np.log10(high / low)) + 1)
 
 

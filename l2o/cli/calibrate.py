@@ -77,6 +77,7 @@ def run_calibrate_rule_command(
     proxy and funnel tasks of `config_path` (default: the evolve config stored in the rule),
     and the default learning rate it gives. The program is unchanged; the file's sha256 is new.
     An existing `out` is refused unless `overwrite`."""
+    from search.interpreter import program_transform
     from search.rule_file import read_rule, save_rule
 
     try:
@@ -95,8 +96,6 @@ def run_calibrate_rule_command(
         raise UserError(f"--out {out} is a directory; give the rule file to write")
     if out.exists() and not overwrite:
         raise UserError(f"{out} exists: pass --overwrite to replace it, or choose another --out")
-    from search.interpreter import program_transform
-
     calls = transfer_calls(run, program_transform(program, 1e-3))
     check_memory(calls, max_memory, "lr_transfer.per_decade, seeds or steps")
     check_writable_dir(out.parent)
