@@ -49,6 +49,7 @@ FUZZED = (
     "export",
     "evolve",
     "export-rule",
+    "calibrate-rule",
     "quickstart",
     "targets",
     "protocol",
@@ -92,6 +93,7 @@ def stand_ins(monkeypatch) -> None:
     import l2o.cli.tune
     import l2o.evaluation.protocol
     import search.evolution
+    import search.lr_transfer
     from l2o.evaluation.harness import optimizer_factory
     from search.interpreter import program_transform
     from search.objective import with_fixed
@@ -172,6 +174,16 @@ def stand_ins(monkeypatch) -> None:
 
         return types.SimpleNamespace(init=init, step=step, finish=step)
 
+    def lr_ratio(program, suites, learning_rates, **kwargs):
+        assert all(math.isfinite(lr) and lr > 0 for lr in learning_rates), learning_rates
+        for suite in suites.values():
+            jnp.asarray(suite.seeds)
+            assert 1 <= suite.num_steps < 2**31 and suite.seeds
+            for task in suite.tasks:
+                make = lambda lr: program_transform(program, lr)  # noqa: E731
+                _one_step(task, make, jnp.float32(learning_rates[0]))
+        raise Reached
+
     def setter_score(task, name, space, num_steps, eval_every, *, num_trials, seeds, seed):
         jnp.asarray(seeds), jax.random.key(seed)
         assert 1 <= eval_every <= num_steps < 2**31 and 1 <= num_trials <= 1000
@@ -193,6 +205,7 @@ def stand_ins(monkeypatch) -> None:
     monkeypatch.setattr(l2o.cli.export, "make_meta_trainer", meta_trainer)
     monkeypatch.setattr(l2o.cli.quickstart, "lr_seed_sweep", sweep)
     monkeypatch.setattr(search.evolution, "make_evolution", make_evolution)
+    monkeypatch.setattr(search.lr_transfer, "lr_ratio", lr_ratio)
 
 
 def run_cli(argv: list[str]) -> tuple[int | str, str, str]:
@@ -321,6 +334,7 @@ def _value_pools(files: Path, fresh: Path) -> dict[str, list[str]]:
         "--task": CHEAP_TASKS,
         "--optimizer": ["adam", "sgd", "momentum", "lion", "adamw", "rmsprop"],
         "--lr": ["0.01", "1e-3", "1"],
+        "--adamw-lr": ["3e-3"],
         "--steps": ["1", "2", "5"],
         "--seed": ["0", "3"],
         "--seeds": ["1", "2"],
@@ -366,6 +380,7 @@ def _value_pools(files: Path, fresh: Path) -> dict[str, list[str]]:
 ASSIGNMENT_FLAGS = ("--task-opt", "--hparam", "--grad-opt")
 NUMBER_FLAGS = (
     "--lr",
+    "--adamw-lr",
     "--steps",
     "--seed",
     "--seeds",
@@ -602,6 +617,16 @@ def templates(files: Path, fresh: Path) -> dict[str, list[list[str]]]:
             ["evolve", "--config", str(files / "evolve.yaml"), "--generations", "1", "--out", out],
         ],
         "export-rule": [["export-rule", str(files / "rule.json"), "--out", out, "--name", "rule"]],
+        "calibrate-rule": [
+            [
+                "calibrate-rule",
+                str(files / "rule.json"),
+                "--config",
+                str(files / "evolve.yaml"),
+                "--out",
+                str(fresh / "rule.json"),
+            ]
+        ],
         "quickstart": [["quickstart", "--out", out, "--steps", "2", "--seeds", "1"]],
         "targets": [
             ["targets", "--config", str(files / "protocol.yaml"), "--out", str(fresh / "t.json")]
