@@ -1,5 +1,5 @@
 """Shared test setup: strict rank promotion, the offline data folder beside the repository, XLA
-without LLVM's optimizations, a compilation cache for the test process, and SIGINT as from a
+with fewer LLVM optimizations, a compilation cache for the test process, and SIGINT as from a
 terminal."""
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ import tempfile
 from pathlib import Path
 
 # The tests' programs are small and run for a few steps: compiling them costs far more than
-# running them, and XLA's CPU backend compiles them 2-4x faster without LLVM's optimizations
-# (their results are the same up to rounding). Set before JAX starts its backend, so the
-# commands that tests start inherit it too; a level in the caller's XLA_FLAGS comes last and wins.
-os.environ["XLA_FLAGS"] = f"--xla_backend_optimization_level=0 {os.environ.get('XLA_FLAGS', '')}"
+# running them, and XLA's CPU backend compiles them about twice as fast at LLVM optimization
+# level 1 as at its default (level 0 is faster still, but rounds differently enough to move a
+# chaotic test: Prodigy on Rosenbrock). Set before JAX starts its backend, so the commands that
+# tests start inherit it too; a level in the caller's XLA_FLAGS comes last and wins.
+os.environ["XLA_FLAGS"] = f"--xla_backend_optimization_level=1 {os.environ.get('XLA_FLAGS', '')}"
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
