@@ -21,6 +21,8 @@ os.environ["XLA_FLAGS"] = f"--xla_backend_optimization_level=1 {os.environ.get('
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
+from tasks import classification  # noqa: E402
+
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 # The commands that tests start and interrupt get SIGINT as from a terminal, also when the suite
@@ -46,10 +48,12 @@ if "L2O_DATA_DIR" not in os.environ and SHARED_DATA.is_dir():
 
 @pytest.fixture(autouse=True, scope="module")
 def _clear_jax_caches_after_module():
-    """Free each test module's compiled programs when it ends: they are rarely reused by the next
-    module, and kept they would grow a test process by gigabytes over the suite."""
+    """Free each test module's compiled programs and loaded datasets when it ends: they are
+    rarely reused by the next module, and kept they would grow a test process by gigabytes over
+    the suite (one module builds every shipped config's tasks)."""
     yield
     jax.clear_caches()
+    classification.load_splits.cache_clear()
 
 
 @pytest.fixture
