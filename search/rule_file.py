@@ -32,6 +32,9 @@ MAX_STRING = 256
 MAX_METADATA_ITEMS = 256
 DEFAULT_LEARNING_RATE = 1e-3
 MAX_LEARNING_RATE = 1e30  # float32 on the device, like the constants
+ADAMW_RATIO = "adamw_lr_ratio"
+"""The metadata entry of the rule's tuned learning rate relative to AdamW's (`search.lr_transfer`);
+its `median` converts an AdamW learning rate into the rule's."""
 TOP_KEYS = ("format", "version", "program", "metadata", "sha256")
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,63}")
 _CODE = re.compile(
@@ -182,14 +185,38 @@ def default_learning_rate(path: str | os.PathLike, metadata: dict[str, Any]) -> 
     return float(learning_rate)
 
 
+def adamw_ratio(path: str | os.PathLike, metadata: dict[str, Any]) -> float:
+    """The median of the metadata's `adamw_lr_ratio` (the rule's tuned learning rate over AdamW's);
+    ValueError if the file records none or it is not a number in (0, max]."""
+    entry = metadata.get(ADAMW_RATIO)
+    if entry is None:
+        raise ValueError(
+            f"rule file {os.fspath(path)!r} records no learning-rate ratio to AdamW "
+            f"(metadata {ADAMW_RATIO!r}); measure it with `l2o calibrate-rule`, or pass the "
+            "rule's own learning rate"
+        )
+    ratio = entry.get("median") if isinstance(entry, dict) else None
+    if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 < ratio <= 1e30:
+        raise ValueError(
+            f"rule file {os.fspath(path)!r}: {ADAMW_RATIO}.median must be a positive number"
+        )
+    return float(ratio)
+
+
 def load_rule(
-    path: str | os.PathLike, learning_rate: optax.ScalarOrSchedule | None = None
+    path: str | os.PathLike,
+    learning_rate: optax.ScalarOrSchedule | None = None,
+    *,
+    adamw_lr: optax.ScalarOrSchedule | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """A rule file as an optax transform.
 
     Args:
       path: the rule file.
       learning_rate: the program's `lr`; by default the metadata's `learning_rate`, else 1e-3.
+      adamw_lr: instead of `learning_rate`, a learning rate that suits AdamW on the task: the
+        rule then runs at `ratio * adamw_lr`, `ratio` the file's `adamw_lr_ratio` median
+        (`search.lr_transfer`). A float or an optax schedule.
 
     Returns:
       `search.interpreter.program_transform` of the file's program.
@@ -198,8 +225,15 @@ def load_rule(
     # `import search` light.
     from search.interpreter import program_transform
 
+    if learning_rate is not None and adamw_lr is not None:
+        raise ValueError("pass learning_rate or adamw_lr, not both")
     program, metadata = read_rule(path)
-    if learning_rate is None:
+    if adamw_lr is not None:
+        ratio = adamw_ratio(path, metadata)
+        learning_rate = (
+            (lambda step: ratio * adamw_lr(step)) if callable(adamw_lr) else (ratio * adamw_lr)
+        )
+    elif learning_rate is None:
         learning_rate = default_learning_rate(path, metadata)
     return program_transform(program, learning_rate)
 

@@ -20,7 +20,8 @@ TIMEOUT_S = 600  # generous: the machine may be shared; a hang is killed by subp
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("multidevice") / "runs.npz"
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4"
+    env = {**os.environ, "XLA_FLAGS": flags}
     # -P: the script's folder (tests/, whose tests/tasks would shadow the package) is not on
     # sys.path.
     done = subprocess.run([sys.executable, "-P", str(SCRIPT), str(out)], env=env,

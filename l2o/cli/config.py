@@ -177,8 +177,13 @@ def _file_spec(entry: Mapping[str, Any], where: str) -> OptimizerSpec:
     if schedule != "constant" and not external:
         raise UserError(f"{where}: a schedule applies to a meta-trained optimizer whose learning "
                         "rate is external (such as celo) only")  # fmt: skip
+    hparams = {}
+    if "adamw_lr" in entry:  # the rule's learning rate: its file's ratio to AdamW's times this
+        if not path.endswith(RULE_SUFFIX):
+            raise UserError(f"{where}.adamw_lr applies to a rule file ({RULE_SUFFIX}) only")
+        hparams["adamw_lr"] = number(entry["adamw_lr"], f"{where}.adamw_lr")
     stem = Path(path).name.removesuffix(RULE_SUFFIX).removesuffix(LEARNED_SUFFIX)
-    spec = OptimizerSpec(stem, {}, tune, str(entry.get("label", "")), path, schedule, warmup,
+    spec = OptimizerSpec(stem, hparams, tune, str(entry.get("label", "")), path, schedule, warmup,
                          _declared_budget(entry, where))  # fmt: skip
     try:
         optimizer_factory(spec)
@@ -214,15 +219,16 @@ def check_hparams(name: str, hparams: Mapping[str, Any], where: str) -> dict[str
 def parse_optimizer(entry: Any, where: str) -> OptimizerSpec:
     """An optimizer entry: a baseline name or an optimizer file path (`.json` symbolic rule,
     `.safetensors` meta-trained optimizer), or {name, hparams, tune_lr, label, schedule, warmup,
-    declared_budget} / {file, label, tune_lr, schedule, warmup, declared_budget} (a schedule for
-    files with an external learning rate only; `OptimizerSpec.declared_steps`)."""
+    declared_budget} / {file, label, tune_lr, schedule, warmup, declared_budget, adamw_lr} (a
+    schedule for files with an external learning rate only; `OptimizerSpec.declared_steps`;
+    `adamw_lr` for rule files only)."""
     if isinstance(entry, str):
         is_file = entry.endswith((RULE_SUFFIX, LEARNED_SUFFIX))
         entry = {"file": entry} if is_file else {"name": entry}
     entry = _mapping(entry, where)
     if "file" in entry:
-        check_keys(entry, {"file", "tune_lr", "label", "schedule", "warmup", "declared_budget"},
-                   where)  # fmt: skip
+        check_keys(entry, {"file", "tune_lr", "label", "schedule", "warmup", "declared_budget",
+                           "adamw_lr"}, where)  # fmt: skip
         return _file_spec(entry, where)
     check_keys(entry, {"name", "hparams", "tune_lr", "label", "schedule", "warmup",
                        "declared_budget"}, where)  # fmt: skip

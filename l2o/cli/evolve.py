@@ -15,6 +15,7 @@ from typing import Any
 from rich.progress import Progress
 
 from l2o.cli.builders import check_resumable, path_exists, versions
+from l2o.cli.calibrate import calibrated_metadata, measure_transfer, transfer_calls
 from l2o.cli.config import load_yaml
 from l2o.cli.distributed import is_writer, on_writer
 from l2o.cli.evolve_config import EvolveRun, parse_evolve_run
@@ -132,9 +133,8 @@ def _scalars(rows: list[dict]) -> dict:
 
 
 def _rule_metadata(run: EvolveRun, data: dict, state: dict) -> tuple[Any, dict]:
-    """The best program and its rule-file metadata (deterministic: no timing)."""
-    import numpy as np
-
+    """The best program and its rule-file metadata (deterministic: no timing), without its
+    learning rate (`l2o.cli.calibrate.calibrated_metadata` adds it)."""
     from search.canonical import canonicalize
     from search.evolution import best_program
     from search.rediscovery import is_sign_momentum, rediscovery_similarity
@@ -143,15 +143,10 @@ def _rule_metadata(run: EvolveRun, data: dict, state: dict) -> tuple[Any, dict]:
     program = canonicalize(program)  # the same rule, without dead code, registers renumbered
     key = state["accepted"]["key"] if passed else state["hall_of_fame"][0]["key"]
     proxy_record = state["cache"][key]
-    if passed:
-        lr = run.funnel.learning_rates[int(np.median(state["accepted"]["funnel_lr_index"]))]
-    else:
-        lr = run.proxy.learning_rates[int(np.median(proxy_record["lr_index"]))]
     funnel_record = state["funnel"].get(key)
     similarities = {k: float(v) for k, v in rediscovery_similarity(program).items()}
     closest = max(similarities, key=similarities.get)  # as search.rediscovery.closest_reference
     metadata = {
-        "learning_rate": float(lr),
         "fitness": proxy_record["fitness"],
         "passed_funnel": passed,
         "reference": run.reference,
@@ -207,7 +202,7 @@ def evolve_calls(run: EvolveRun) -> list[Call]:
         runs = min(size, PROGRAMS_AT_ONCE) * len(suite.learning_rates) * len(suite.seeds)
         calls += [Call(run_bytes(task, [optimizer])[0], runs, run_values(suite.num_steps, 0), 0)
                   for task in suite.tasks]  # fmt: skip
-    return calls
+    return calls + transfer_calls(run, optimizer)
 
 
 def run_evolve_command(
@@ -300,6 +295,8 @@ def run_evolve_command(
             f"written (the checkpoints in {out} hold the search)"
         )
     program, metadata = _rule_metadata(run, data, state)
+    ratio = measure_transfer(program, run, show=writer)  # every process trains its share
+    metadata = calibrated_metadata(metadata, ratio)
     validity = None
     if run.validity is not None:
         validity = evolution.validate(state, run.validity, run.validity_programs)
@@ -337,7 +334,8 @@ def run_evolve_command(
     print(
         f"evolution done: {state['generation']} generations; best rule (fitness "
         f"{metadata['fitness']:+.4f} vs {run.reference} 0, {verdict}; closest to "
-        f"{metadata['closest_reference']['name']}) written to {out / 'best_rule.json'}; "
+        f"{metadata['closest_reference']['name']}; learning rate {ratio['median']:.3g}x AdamW's, "
+        f"default {metadata['learning_rate']:.3g}) written to {out / 'best_rule.json'}; "
         f"{ignored} rules rejected because their update ignores the learning rate{rho}"
     )
     return 0

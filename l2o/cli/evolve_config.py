@@ -14,13 +14,16 @@ from l2o.io import UserError
 TOP_KEYS = {"seed", "generations", "population_size", "tournament_size", "batch_size",
             "warm_starts", "warm_start_mutations", "random_programs", "reference",
             "restart_after", "checkpoint_every", "loss_floor", "max_improvement", "simplify",
-            "mutation", "proxy", "funnel", "validity"}  # fmt: skip
+            "mutation", "proxy", "funnel", "validity", "lr_transfer"}  # fmt: skip
 MUTATION_KEYS = {"max_instructions", "max_state", "ops", "matrix_ops", "weights", "const_sigma",
                  "flip_probability", "max_tries", "num_registers"}  # fmt: skip
 SUITE_KEYS = {"tasks", "steps", "seeds", "lr_grid"}
 FUNNEL_KEYS = SUITE_KEYS | {"every", "top_k", "tolerance"}
 VALIDITY_KEYS = SUITE_KEYS | {"programs"}
 GRID_KEYS = {"low", "high", "num"}
+TRANSFER_KEYS = {"low", "high", "per_decade"}
+TRANSFER_GRID = {"low": 1e-6, "high": 10.0, "per_decade": 4}
+"""The grid the best rule's learning rate is measured against AdamW's on (`search.lr_transfer`)."""
 FUNNEL_SEED_OFFSET = 1000
 VALIDITY_SEED_OFFSET = 2000
 
@@ -36,6 +39,7 @@ class EvolveRun:
     generations: int
     checkpoint_every: int
     reference: str
+    transfer_grid: tuple[float, ...]
     validity: Any = None  # search.evolution.Suite: the proxy's validity is measured on it
     validity_programs: int = 0
 
@@ -113,6 +117,24 @@ def _suite(data: dict, where: str, default=None, seed_offset: int = 0):
         lrs = default.learning_rates
     seeds = tuple(range(seed_offset, seed_offset + num_seeds))
     return Suite(names, tasks, steps, lrs, seeds)
+
+
+def _transfer_grid(data: dict, where: str) -> tuple[float, ...]:
+    """The learning rates of the `lr_transfer` entry {low, high, per_decade} (`TRANSFER_GRID`)."""
+    from search.lr_transfer import transfer_grid
+
+    grid = _mapping(data.get("lr_transfer"), f"{where}.lr_transfer")
+    check_keys(grid, TRANSFER_KEYS, f"{where}.lr_transfer")
+    low = number(grid.get("low", TRANSFER_GRID["low"]), f"{where}.lr_transfer.low")
+    high = number(grid.get("high", TRANSFER_GRID["high"]), f"{where}.lr_transfer.high")
+    per_decade = _int(grid, "per_decade", TRANSFER_GRID["per_decade"], f"{where}.lr_transfer",
+                      high=101)  # fmt: skip
+    if not low < high <= 1e30:
+        raise UserError(f"{where}.lr_transfer: low must be below high (at most 1e30)")
+    lrs = transfer_grid(low, high, per_decade)
+    if len(lrs) > 1000:
+        raise UserError(f"{where}.lr_transfer: {len(lrs)} learning rates; at most 1000")
+    return tuple(float(x) for x in lrs)
 
 
 def parse_evolve_run(data: dict, where: str = "config") -> EvolveRun:
@@ -196,6 +218,7 @@ def parse_evolve_run(data: dict, where: str = "config") -> EvolveRun:
         generations=_int(data, "generations", 100, where),
         checkpoint_every=_int(data, "checkpoint_every", 10, where),
         reference=reference_name,
+        transfer_grid=_transfer_grid(data, where),
         validity=validity,
         validity_programs=validity_programs,
     )

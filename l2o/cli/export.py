@@ -92,10 +92,30 @@ def run_export_torch_command(path: Path, out: Path | None, name: str) -> int:
     return 0
 
 
-def run_export_rule_command(rule_path: Path, out: Path, name: str, fmt: str = "optax") -> int:
+def _ratio_sentence(rule_path: Path, metadata: dict) -> str:
+    """The docstring sentence on the rule's learning rate relative to AdamW's ("" if unknown)."""
+    from search.rule_file import ADAMW_RATIO, adamw_ratio
+
+    try:
+        median = adamw_ratio(rule_path, metadata)
+    except ValueError:
+        return ""
+    entry = metadata[ADAMW_RATIO]
+    spread = ""
+    if all(isinstance(entry.get(k), int | float) for k in ("min", "max", "tasks_inside_grid")):
+        spread = (f" (median over {entry['tasks_inside_grid']} tasks, range {entry['min']:.3g} to "
+                  f"{entry['max']:.3g})")  # fmt: skip
+    return (f" Its tuned learning rate is {median:.3g} times AdamW's{spread}: lr = {median:.3g} "
+            "adamw_lr.")  # fmt: skip
+
+
+def run_export_rule_command(
+    rule_path: Path, out: Path, name: str, fmt: str = "optax", adamw_lr: float | None = None
+) -> int:
     """Write `out/NAME.py` (an optax module), `NAME.md` and `NAME.tex` of a rule file; with
     `fmt` "torch", only `out/NAME.py`, a PyTorch module defining the optimizer class `Name`;
-    "markdown" or "latex", only `NAME.md` or `NAME.tex`.
+    "markdown" or "latex", only `NAME.md` or `NAME.tex`. The modules' default learning rate is
+    the file's, or with `adamw_lr` the file's ratio to AdamW's times it (`search.load_rule`).
 
     Every format prints the rule's formula (the modules in their docstrings): a rule whose
     formula does not give its updates over `search.formula.STEPS` steps of random inputs is
@@ -104,7 +124,7 @@ def run_export_rule_command(rule_path: Path, out: Path, name: str, fmt: str = "o
     from search.export import export_latex, export_markdown, export_python, export_torch
     from search.formula import check_formula
     from search.learning_rate import ignores_learning_rate
-    from search.rule_file import read_rule
+    from search.rule_file import adamw_ratio, read_rule
 
     if not name.isidentifier() or keyword.iskeyword(name):
         raise UserError(f"--name {name!r:.60} is not a Python identifier")
@@ -114,7 +134,12 @@ def run_export_rule_command(rule_path: Path, out: Path, name: str, fmt: str = "o
         raise UserError(str(e)) from None
     lr = metadata.get("learning_rate")
     lr = float(lr) if isinstance(lr, int | float) and not isinstance(lr, bool) else None
-    description = "An evolved update rule."
+    if adamw_lr is not None:
+        try:
+            lr = adamw_ratio(rule_path, metadata) * adamw_lr
+        except ValueError as e:
+            raise UserError(f"--adamw-lr: {' '.join(str(e).split())}") from None
+    description = "An evolved update rule." + _ratio_sentence(rule_path, metadata)
     try:
         latex, markdown = export_latex(program), export_markdown(program)
         if fmt == "torch":

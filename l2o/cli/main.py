@@ -259,7 +259,19 @@ def cmd_export_rule(args) -> int:
     """Write a rule file as an optax module, Markdown and LaTeX, or as a PyTorch module."""
     from l2o.cli.export import run_export_rule_command
 
-    return run_export_rule_command(Path(args.rule), Path(args.out), args.name, args.format)
+    return run_export_rule_command(
+        Path(args.rule), Path(args.out), args.name, args.format, adamw_lr=args.adamw_lr
+    )
+
+
+def cmd_calibrate_rule(args) -> int:
+    """Measure a rule file's learning rate relative to AdamW's and write the calibrated file."""
+    from l2o.cli.calibrate import run_calibrate_rule_command
+
+    return run_calibrate_rule_command(
+        Path(args.rule), args.config, Path(args.out), overwrite=args.overwrite,
+        max_memory=args.max_memory,
+    )  # fmt: skip
 
 
 def _add_overwrite_flag(parser: argparse.ArgumentParser) -> None:
@@ -439,7 +451,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="optax: NAME.py (jax and optax), NAME.md, NAME.tex; torch: NAME.py, a "
         "torch.optim.Optimizer class; markdown: NAME.md; latex: NAME.tex",
     )
+    p.add_argument("--adamw-lr", type=_positive_float,
+                   help="the modules' default learning rate is the rule's for this AdamW learning "
+                   "rate (its file's ratio to AdamW's times it; default: the file's)")  # fmt: skip
     p.set_defaults(func=cmd_export_rule)
+
+    p = sub.add_parser(
+        "calibrate-rule",
+        help="measure a rule file's learning rate relative to AdamW's (tuned on the proxy and "
+        "funnel tasks of an evolve config) and write it with the default learning rate it gives",
+    )
+    p.add_argument("rule", help="rule file (e.g. best_rule.json of `l2o evolve`)")
+    p.add_argument("--config", type=Path,
+                   help="evolve config whose proxy, funnel and lr_transfer are used (default: "
+                   "the config stored in the rule file)")  # fmt: skip
+    p.add_argument("--out", required=True, help="rule file to write (may be RULE itself)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    add_memory_flag(p)
+    p.set_defaults(func=cmd_calibrate_rule)
 
     p = sub.add_parser("quickstart", help="compare baselines on offline tasks; write a report")
     p.add_argument("--out", default="runs/quickstart", help="output directory")

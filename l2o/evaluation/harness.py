@@ -20,7 +20,7 @@ from baselines.schedules import cosine, warmup
 from l2o.evaluation import metrics
 from l2o.optimizers.file_format import at_learning_rate, external_learning_rate, load_optimizer
 from search.interpreter import program_transform
-from search.rule_file import default_learning_rate, read_rule
+from search.rule_file import adamw_ratio, default_learning_rate, read_rule
 from search.sweep import log_grid, population_sweep, select_best
 from tasks import Task, get_task, train
 from tasks.augment import param_scales, rescale_params
@@ -30,10 +30,11 @@ from tasks.augment import param_scales, rescale_params
 class OptimizerSpec:
     """An optimizer to evaluate, its learning rate tuned or not: a baseline by registry name
     with fixed hyperparameters, or a file: a symbolic rule (`.json`, `search.load_rule`; its
-    `lr` is tuned like a baseline's) or a meta-trained optimizer (`.safetensors`,
-    `l2o.load_optimizer`; nothing to tune). A baseline's learning rate may follow a schedule
-    over the step budget: `warmup_cosine` (linear warm-up over the `warmup` fraction of the
-    budget, then cosine decay to 0; AlgoPerf's NAdamW baseline) or `constant`."""
+    `lr` is tuned like a baseline's; untuned, it runs at the file's learning rate, or with
+    `hparams["adamw_lr"]` at the file's ratio to AdamW's times it) or a meta-trained optimizer
+    (`.safetensors`, `l2o.load_optimizer`; nothing to tune). A baseline's learning rate may
+    follow a schedule over the step budget: `warmup_cosine` (linear warm-up over the `warmup`
+    fraction of the budget, then cosine decay to 0; AlgoPerf's NAdamW baseline) or `constant`."""
 
     name: str
     hparams: Mapping[str, Any] = dataclasses.field(default_factory=dict)
@@ -167,7 +168,10 @@ def optimizer_factory(spec: OptimizerSpec, num_steps: int = 1000) -> tuple[Calla
         return make_learned, default
     if spec.file.endswith(RULE_SUFFIX):
         program, metadata = read_rule(spec.file)  # read and checked once
-        default = default_learning_rate(spec.file, metadata)
+        if "adamw_lr" in spec.hparams:  # as `search.load_rule(path, adamw_lr=...)`
+            default = adamw_ratio(spec.file, metadata) * spec.hparams["adamw_lr"]
+        else:
+            default = default_learning_rate(spec.file, metadata)
         return (lambda learning_rate: program_transform(program, learning_rate)), default
     if spec.file:
         raise ValueError(f"{spec.file}: optimizer files end in {RULE_SUFFIX} or {LEARNED_SUFFIX}")

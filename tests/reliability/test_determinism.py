@@ -2,7 +2,9 @@
 time in a fresh process with a different PYTHONHASHSEED (so nothing may depend on the order of
 a set or dict of strings), and the results files are compared exactly after removing the timing
 fields. The results also record the package versions and the seeds (all but `export-rule`,
-which writes the code and text of a rule file).
+which writes the code and text of a rule file). The commands run in groups, one test class each
+(a command that reads another's output runs after it, in the same process), so that the groups
+spread over the test workers.
 
 The quickstart runs here only, its first run's report checked too: on its three tasks, with six
 of its ten contenders (`QUICKSTART`: a plain and an adaptive baseline, the scheduled NAdamW, the
@@ -142,40 +144,6 @@ def comparable(path: Path):
     return safetensors_parts(path.read_bytes())
 
 
-@pytest.fixture(scope="module")
-def two_runs(tmp_path_factory, subprocess_env):
-    """Run every command twice, in two folders, in two processes with different hash seeds."""
-    runs = []
-    for hash_seed in ("1", "2"):
-        folder = tmp_path_factory.mktemp(f"run{hash_seed}")
-        (folder / "space.yaml").write_text(SPACE)
-        (folder / "meta.yaml").write_text((REPO / "configs" / "meta_tiny.yaml").read_text())
-        (folder / "evolve.yaml").write_text((REPO / "configs" / "evolve_tiny.yaml").read_text())
-        (folder / "protocol.yaml").write_text(PROTOCOL)
-        (folder / "evaluate.yaml").write_text(EVALUATE)
-        (folder / "distill.yaml").write_text(DISTILL)
-        argvs = [argv for argv, _ in COMMANDS.values()]
-        env = {**subprocess_env, "PYTHONHASHSEED": hash_seed}
-        done = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(argvs),
-                               json.dumps(QUICKSTART)], cwd=folder,
-                              env=env, capture_output=True, text=True, timeout=1200)  # fmt: skip
-        assert done.returncode == 0, done.stderr[-3000:]
-        codes = json.loads((folder / "exit_codes.json").read_text())
-        print(dict(zip(COMMANDS, codes["seconds"], strict=True)))
-        assert codes["codes"] == [0] * len(argvs), dict(zip(COMMANDS, codes["codes"], strict=True))
-        runs.append(folder)
-    return runs
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("command", sorted(COMMANDS))
-def test_two_runs_are_bit_identical(two_runs, command):
-    first, second = two_runs
-    for name in COMMANDS[command][1]:
-        a, b = comparable(first / name), comparable(second / name)
-        assert a == b, f"{command}: {name} differs between two runs"
-
-
 def _recorded(folder: Path, command: str) -> tuple[dict, object]:
     """(versions, seed or seeds) that the results of `command` record."""
     name = COMMANDS[command][1][0]
@@ -197,29 +165,102 @@ def _recorded(folder: Path, command: str) -> tuple[dict, object]:
     return results["versions"], results["seeds"]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("command", sorted(set(COMMANDS) - set(NOT_RECORDING)))
-def test_results_record_versions_and_seeds(two_runs, command):
-    versions, seed = _recorded(two_runs[0], command)
-    assert {"python", "jax", "jaxlib", "optax", "numpy", "l2o"} <= set(versions), versions
-    expected = {"train": 3, "meta-train": 0, "export": 0, "evolve": 0, "distill": 0,
-                "evaluate": [0], "quickstart": [0, 1], "targets": 1, "protocol": 1}  # fmt: skip
-    assert seed == expected.get(command, (1, [1])), (command, seed)
+@pytest.fixture(scope="class")
+def two_runs(request, tmp_path_factory, subprocess_env):
+    """Run the commands of the test's class twice, in two folders, in two processes with
+    different hash seeds."""
+    names = request.cls.commands
+    runs = []
+    for hash_seed in ("1", "2"):
+        folder = tmp_path_factory.mktemp(f"{request.cls.__name__}_run{hash_seed}")
+        (folder / "space.yaml").write_text(SPACE)
+        (folder / "meta.yaml").write_text((REPO / "configs" / "meta_tiny.yaml").read_text())
+        (folder / "evolve.yaml").write_text((REPO / "configs" / "evolve_tiny.yaml").read_text())
+        (folder / "protocol.yaml").write_text(PROTOCOL)
+        (folder / "evaluate.yaml").write_text(EVALUATE)
+        (folder / "distill.yaml").write_text(DISTILL)
+        argvs = [COMMANDS[name][0] for name in names]
+        env = {**subprocess_env, "PYTHONHASHSEED": hash_seed}
+        done = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(argvs),
+                               json.dumps(QUICKSTART)], cwd=folder,
+                              env=env, capture_output=True, text=True, timeout=1200)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        codes = json.loads((folder / "exit_codes.json").read_text())
+        print(dict(zip(names, codes["seconds"], strict=True)))
+        assert codes["codes"] == [0] * len(argvs), dict(zip(names, codes["codes"], strict=True))
+        runs.append(folder)
+    return runs
 
 
-@pytest.mark.slow
-def test_quickstart_writes_a_report(two_runs):
-    out = two_runs[0] / "quickstart"
-    report = (out / "report.md").read_text()
-    assert "| digits_mlp | adam |" in report and "loss_curves.png" in report
-    assert "| digits_mlp | celo |" in report and "| rosenbrock | evolved_sgd |" in report
-    assert "| mnist1d_mlp | evolved_adamw |" in report
-    assert (out / "loss_curves.png").read_bytes()[:4] == b"\x89PNG"
-    results = json.loads((out / "results.json").read_text())
-    assert set(results["runs"]) == {"digits_mlp", "mnist1d_mlp", "rosenbrock"}
-    assert set(QUICKSTART) <= {name for name, *_ in quickstart._contenders(5)}
-    assert all(set(runs) == set(QUICKSTART) for runs in results["runs"].values())
-    assert len(results["runs"]["rosenbrock"]["sgd"]["test_loss"]) == 2
+def pytest_generate_tests(metafunc):
+    """`command` runs over the commands of the test's class (those that record a run, for
+    `test_results_record_versions_and_seeds`)."""
+    if "command" in metafunc.fixturenames:
+        names = metafunc.cls.commands
+        if metafunc.function.__name__ == "test_results_record_versions_and_seeds":
+            names = [name for name in names if name not in NOT_RECORDING]
+        metafunc.parametrize("command", sorted(names))
+
+
+class Commands:
+    """The checks of a group of commands (`commands`, run by `two_runs` for the whole class).
+    Each group is its own test class, so `--dist loadscope` spreads the groups over workers."""
+
+    commands: tuple[str, ...] = ()
+
+    @pytest.mark.slow
+    def test_two_runs_are_bit_identical(self, two_runs, command):
+        first, second = two_runs
+        for name in COMMANDS[command][1]:
+            a, b = comparable(first / name), comparable(second / name)
+            assert a == b, f"{command}: {name} differs between two runs"
+
+    @pytest.mark.slow
+    def test_results_record_versions_and_seeds(self, two_runs, command):
+        versions, seed = _recorded(two_runs[0], command)
+        assert {"python", "jax", "jaxlib", "optax", "numpy", "l2o"} <= set(versions), versions
+        expected = {"train": 3, "meta-train": 0, "export": 0, "evolve": 0, "distill": 0,
+                    "evaluate": [0], "quickstart": [0, 1], "targets": 1, "protocol": 1}  # fmt: skip
+        assert seed == expected.get(command, (1, [1])), (command, seed)
+
+
+class TestTrainEvaluateTune(Commands):
+    commands = ("train", "evaluate", "tune-grid", "tune-random", "tune-cmaes", "tune-tpe")
+
+
+class TestMetaTrainAndEvolve(Commands):
+    commands = ("meta-train", "export", "evolve", "export-rule")  # each export reads the run before
+
+
+class TestProtocol(Commands):
+    commands = ("targets", "protocol")  # protocol reads the targets
+
+
+class TestDistill(Commands):
+    commands = ("distill",)
+
+
+class TestQuickstart(Commands):
+    commands = ("quickstart",)
+
+    @pytest.mark.slow
+    def test_quickstart_writes_a_report(self, two_runs):
+        out = two_runs[0] / "quickstart"
+        report = (out / "report.md").read_text()
+        assert "| digits_mlp | adam |" in report and "loss_curves.png" in report
+        assert "| digits_mlp | celo |" in report and "| rosenbrock | evolved_sgd |" in report
+        assert "| mnist1d_mlp | evolved_adamw |" in report
+        assert (out / "loss_curves.png").read_bytes()[:4] == b"\x89PNG"
+        results = json.loads((out / "results.json").read_text())
+        assert set(results["runs"]) == {"digits_mlp", "mnist1d_mlp", "rosenbrock"}
+        assert set(QUICKSTART) <= {name for name, *_ in quickstart._contenders(5)}
+        assert all(set(runs) == set(QUICKSTART) for runs in results["runs"].values())
+        assert len(results["runs"]["rosenbrock"]["sgd"]["test_loss"]) == 2
+
+
+def test_the_groups_cover_every_command_once():
+    groups = [cls.commands for cls in Commands.__subclasses__()]
+    assert sorted(name for group in groups for name in group) == sorted(COMMANDS)
 
 
 def test_timing_fields_are_the_only_ones_removed():

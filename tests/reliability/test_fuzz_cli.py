@@ -50,6 +50,7 @@ FUZZED = (
     "evolve",
     "distill",
     "export-rule",
+    "calibrate-rule",
     "quickstart",
     "targets",
     "protocol",
@@ -94,6 +95,7 @@ def stand_ins(monkeypatch) -> None:
     import l2o.cli.tune
     import l2o.evaluation.protocol
     import search.evolution
+    import search.lr_transfer
     from l2o.evaluation.harness import optimizer_factory
     from search.interpreter import program_transform
     from search.objective import with_fixed
@@ -178,6 +180,15 @@ def stand_ins(monkeypatch) -> None:
         assert 1 <= streams.steps < 2**31 and streams.seeds
         for task in streams.tasks.values():
             _one_step(task, lambda: optimizer)
+
+    def lr_ratio(program, suites, learning_rates, **kwargs):
+        assert all(math.isfinite(lr) and lr > 0 for lr in learning_rates), learning_rates
+        for suite in suites.values():
+            jnp.asarray(suite.seeds)
+            assert 1 <= suite.num_steps < 2**31 and suite.seeds
+            for task in suite.tasks:
+                make = lambda lr: program_transform(program, lr)  # noqa: E731
+                _one_step(task, make, jnp.float32(learning_rates[0]))
         raise Reached
 
     def setter_score(task, name, space, num_steps, eval_every, *, num_trials, seeds, seed):
@@ -202,6 +213,7 @@ def stand_ins(monkeypatch) -> None:
     monkeypatch.setattr(l2o.cli.quickstart, "lr_seed_sweep", sweep)
     monkeypatch.setattr(search.evolution, "make_evolution", make_evolution)
     monkeypatch.setattr(l2o.cli.distill, "record_streams", record_streams)
+    monkeypatch.setattr(search.lr_transfer, "lr_ratio", lr_ratio)
 
 
 def run_cli(argv: list[str]) -> tuple[int | str, str, str]:
@@ -340,6 +352,7 @@ def _value_pools(files: Path, fresh: Path) -> dict[str, list[str]]:
         "--task": CHEAP_TASKS,
         "--optimizer": ["adam", "sgd", "momentum", "lion", "adamw", "rmsprop"],
         "--lr": ["0.01", "1e-3", "1"],
+        "--adamw-lr": ["3e-3"],
         "--steps": ["1", "2", "5"],
         "--seed": ["0", "3"],
         "--seeds": ["1", "2"],
@@ -385,6 +398,7 @@ def _value_pools(files: Path, fresh: Path) -> dict[str, list[str]]:
 ASSIGNMENT_FLAGS = ("--task-opt", "--hparam", "--grad-opt")
 NUMBER_FLAGS = (
     "--lr",
+    "--adamw-lr",
     "--steps",
     "--seed",
     "--seeds",
@@ -634,6 +648,16 @@ def templates(files: Path, fresh: Path) -> dict[str, list[list[str]]]:
             ],
         ],  # fmt: skip
         "export-rule": [["export-rule", str(files / "rule.json"), "--out", out, "--name", "rule"]],
+        "calibrate-rule": [
+            [
+                "calibrate-rule",
+                str(files / "rule.json"),
+                "--config",
+                str(files / "evolve.yaml"),
+                "--out",
+                str(fresh / "rule.json"),
+            ]
+        ],
         "quickstart": [["quickstart", "--out", out, "--steps", "2", "--seeds", "1"]],
         "targets": [
             ["targets", "--config", str(files / "protocol.yaml"), "--out", str(fresh / "t.json")]

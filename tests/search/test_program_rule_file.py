@@ -12,7 +12,14 @@ import pytest
 import search
 from search.interpreter import program_transform
 from search.programs_library import PROGRAMS, get_program
-from search.rule_file import MAX_FILE_BYTES, load_program, load_rule, read_rule, save_rule
+from search.rule_file import (
+    ADAMW_RATIO,
+    MAX_FILE_BYTES,
+    load_program,
+    load_rule,
+    read_rule,
+    save_rule,
+)
 
 
 def rule_document(**program_changes) -> dict:
@@ -51,6 +58,44 @@ def test_load_rule_is_the_programs_transform(tmp_path):
         want = program_transform(get_program("adam"), lr)
         got = transform.update(grads, transform.init(params), params)[0]["x"]
         np.testing.assert_allclose(got, want.update(grads, want.init(params), params)[0]["x"])
+
+
+def _first_update(transform) -> np.ndarray:
+    params, grads = {"x": jnp.array([1.0, -2.0])}, {"x": jnp.array([0.5, 0.25])}
+    return np.asarray(transform.update(grads, transform.init(params), params)[0]["x"])
+
+
+def test_load_rule_converts_an_adamw_learning_rate_by_the_files_ratio(tmp_path):
+    path = tmp_path / "sgd.json"
+    save_rule(path, get_program("sgd"), {"learning_rate": 0.1, ADAMW_RATIO: {"median": 4.0}})
+    want = _first_update(load_rule(path, learning_rate=0.012))
+    np.testing.assert_allclose(_first_update(load_rule(path, adamw_lr=0.003)), want, rtol=1e-6)
+    schedule = load_rule(path, adamw_lr=lambda step: 0.003)  # an optax schedule
+    np.testing.assert_allclose(_first_update(schedule), want, rtol=1e-6)
+    with pytest.raises(ValueError, match="learning_rate or adamw_lr, not both"):
+        load_rule(path, learning_rate=0.01, adamw_lr=0.003)
+
+
+@pytest.mark.parametrize(
+    "metadata, message",
+    [({"learning_rate": 0.1}, "records no learning-rate ratio to AdamW"),
+     ({ADAMW_RATIO: {"median": -1.0}}, "adamw_lr_ratio.median must be a positive number"),
+     ({ADAMW_RATIO: 4.0}, "adamw_lr_ratio.median must be a positive number")],
+)  # fmt: skip
+def test_adamw_lr_needs_a_ratio_in_the_file(tmp_path, metadata, message):
+    path = tmp_path / "rule.json"
+    save_rule(path, get_program("sgd"), metadata)
+    with pytest.raises(ValueError, match=message):
+        load_rule(path, adamw_lr=1e-3)
+    load_rule(path)  # the file itself loads
+
+
+def test_a_tampered_ratio_is_refused_by_the_sha256(tmp_path):
+    save_rule(tmp_path / "rule.json", get_program("sgd"), {ADAMW_RATIO: {"median": 4.0}})
+    text = (tmp_path / "rule.json").read_text()
+    path = write(tmp_path / "edited.json", text.replace('"median": 4.0', '"median": 40.0'))
+    with pytest.raises(ValueError, match="sha256 mismatch"):
+        load_rule(path, adamw_lr=1e-3)
 
 
 def test_save_replaces_atomically(tmp_path):
@@ -195,8 +240,10 @@ def test_reindented_and_older_files_load(tmp_path):
     del document["sha256"]  # as written before the digest existed
     assert read_rule(write(tmp_path / "old.json", document)) == want
     shipped = os.path.join(os.path.dirname(search.__file__), "..", "l2o", "pretrained")
-    for name in ("evolved_adamw.json", "evolved_sgd_seed1.json"):
-        with open(os.path.join(shipped, name)) as f:
-            assert "sha256" not in json.load(f)
+    for name in ("evolved_adamw.json", "evolved_sgd_seed1.json"):  # calibrated: with a digest
+        path = os.path.join(shipped, name)
+        with open(path) as f:
+            assert len(json.load(f)["sha256"]) == 64
+        assert read_rule(path)[1][ADAMW_RATIO]["median"] > 0
         program, metadata = read_rule(os.path.join(shipped, name))
         assert metadata["passed_funnel"] and program.instructions

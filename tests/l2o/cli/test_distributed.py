@@ -166,7 +166,10 @@ def _spawn(argv, env, log):
 def test_two_processes_agree_with_one(tmp_path):
     """Processes 0 and 1 (one CPU device each) meta-train and evaluate a program population
     together; both hold the single-process results, bit for bit."""
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", *ENV_NAMES)}
+    env = {k: v for k, v in os.environ.items() if k not in ENV_NAMES}
+    # One CPU device each: the other XLA flags of the tests, but no forced device count.
+    flags = os.environ.get("XLA_FLAGS", "").split()
+    env["XLA_FLAGS"] = " ".join(f for f in flags if "device_count" not in f)
     cluster = ["--coordinator", f"127.0.0.1:{free_port()}", "--num-processes", "2"]
     logs = [open(tmp_path / f"log{i}.txt", "w") for i in range(3)]  # noqa: SIM115
     processes = [
