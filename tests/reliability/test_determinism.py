@@ -47,6 +47,8 @@ COMMANDS = {
                ["evolve/evolution.json", "evolve/best_rule.json"]),
     "distill": (["distill", "adam", "--config", "distill.yaml", "--out", "distill"],
                 ["distill/distill.json", "distill/best_rule.json"]),
+    "calibrate-rule": (["calibrate-rule", "evolve/best_rule.json", "--out", "calibrated.json"],
+                       ["calibrated.json"]),
     "export-rule": (["export-rule", "evolve/best_rule.json", "--out", "rule", "--name", "rule"],
                     ["rule/rule.py", "rule/rule.md", "rule/rule.tex"]),
     "quickstart": (["quickstart", "--out", "quickstart", "--steps", "5", "--seeds", "2"],
@@ -87,8 +89,9 @@ funnel: {top_k: 2}
 """
 # Commands that read or list but compute nothing: nothing to compare.
 NOT_COMPUTING = ("tasks", "optimizers", "report")
-# Commands whose outputs record no run (export-rule writes code and text of a rule file).
-NOT_RECORDING = ("export-rule",)
+# Commands whose outputs record no run (export-rule writes code and text of a rule file,
+# calibrate-rule a rule file).
+NOT_RECORDING = ("export-rule", "calibrate-rule")
 TIMING_KEYS = {"wall_time_s", "compile_time_s", "run_time_s", "timing", "date", "seconds_per_step",
                "wall_clock_speedup", "seconds"}  # fmt: skip
 # The quickstart's contenders that the runs keep (the driver filters `quickstart._contenders`).
@@ -229,7 +232,8 @@ class TestTrainEvaluateTune(Commands):
 
 
 class TestMetaTrainAndEvolve(Commands):
-    commands = ("meta-train", "export", "evolve", "export-rule")  # each export reads the run before
+    # each export (and the calibration) reads the run before it
+    commands = ("meta-train", "export", "evolve", "calibrate-rule", "export-rule")
 
 
 class TestProtocol(Commands):
