@@ -121,7 +121,7 @@ def test_every_command_that_trains_takes_max_memory():
     takes = {name for name, sub in action.choices.items()
              if any(a.dest == "max_memory" for a in sub._actions)}  # fmt: skip
     trains = {"train", "tune", "evaluate", "targets", "protocol", "meta-train", "evolve",
-              "quickstart"}  # fmt: skip
+              "quickstart", "calibrate-rule", "distill"}  # fmt: skip
     assert takes == trains
     default = action.choices["train"].parse_args(["--task", "t", "--optimizer", "o"]).max_memory
     assert abs(default - resources.default_max_memory()) < 2**20
