@@ -27,13 +27,12 @@ from l2o.cli.evolve import (
     _split_metrics,
     list_checkpoints,
     load_latest_checkpoint,
+    run_generations,
     save_checkpoint,
 )
 from l2o.cli.evolve_config import _bool, _int, _mapping, _program
-from l2o.cli.progress import progress_bar
 from l2o.cli.resources import Call, check_memory, run_bytes, run_values
 from l2o.cli.run_folder import claim
-from l2o.cli.stopping import check
 from l2o.io import EventFile, UserError, write_json_atomic
 
 TOP_KEYS = {"seed", "generations", "population_size", "tournament_size", "batch_size",
@@ -312,22 +311,8 @@ def run_distill_command(
         history, timing = [row], [times]
         unsaved.append(metrics)
         save()
-    with progress_bar() as bar:
-        job = bar.add_task("distill", total=run.generations, completed=state["generation"])
-        while state["generation"] < run.generations:
-            check()  # stop here on Ctrl-C: between generations
-            state, metrics = evolution.step(state)
-            row, times = _split_metrics(metrics)
-            history.append(row)
-            timing.append(times)
-            unsaved.append(metrics)
-            best = state["best_fitness"]
-            text = "distill" if best is None else f"distill (best {best:.4f})"
-            bar.update(job, completed=state["generation"], description=text)
-            if state["generation"] % run.checkpoint_every == 0:
-                save()
-        if unsaved:
-            save()
+    state = run_generations(evolution, state, history, timing, unsaved, save, "distill",
+                            run.generations, run.checkpoint_every)  # fmt: skip
     state, final = evolution.finish(state)
     try:
         program, passed = best_program(state)

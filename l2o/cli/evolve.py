@@ -205,6 +205,41 @@ def evolve_calls(run: EvolveRun) -> list[Call]:
     return calls + transfer_calls(run, optimizer)
 
 
+def run_generations(
+    evolution,
+    state: dict,
+    history: list,
+    timing: list,
+    unsaved: list,
+    save,
+    name: str,
+    generations: int,
+    checkpoint_every: int,
+    *,
+    show: bool = True,
+) -> dict:
+    """Step `evolution` from `state` up to `generations`, appending each generation's metrics to
+    `history`, `timing` and `unsaved`, and calling `save()` every `checkpoint_every` generations
+    and at the end; stops between generations on Ctrl-C. Returns the last state."""
+    with progress_bar() if show else Progress(disable=True) as bar:
+        job = bar.add_task(name, total=generations, completed=state["generation"])
+        while state["generation"] < generations:
+            check()  # stop here on Ctrl-C: between generations
+            state, metrics = evolution.step(state)
+            row, times = _split_metrics(metrics)
+            history.append(row)
+            timing.append(times)
+            unsaved.append(metrics)
+            best = state["best_fitness"]  # None while every rule ignores its learning rate
+            text = name if best is None else f"{name} (best {best:+.4f})"
+            bar.update(job, completed=state["generation"], description=text)
+            if state["generation"] % checkpoint_every == 0:
+                save()
+        if unsaved:
+            save()
+    return state
+
+
 def run_evolve_command(
     config_path: Path,
     out: Path,
@@ -272,22 +307,8 @@ def run_evolve_command(
         history, timing = [row], [times]
         unsaved.append(metrics)
         save()
-    with progress_bar() if writer else Progress(disable=True) as bar:
-        job = bar.add_task("evolve", total=run.generations, completed=state["generation"])
-        while state["generation"] < run.generations:
-            check()  # stop here on Ctrl-C: between generations
-            state, metrics = evolution.step(state)
-            row, times = _split_metrics(metrics)
-            history.append(row)
-            timing.append(times)
-            unsaved.append(metrics)
-            best = state["best_fitness"]  # None while every rule ignores its learning rate
-            text = "evolve" if best is None else f"evolve (best {best:+.4f})"
-            bar.update(job, completed=state["generation"], description=text)
-            if state["generation"] % run.checkpoint_every == 0:
-                save()
-        if unsaved:
-            save()
+    state = run_generations(evolution, state, history, timing, unsaved, save, "evolve",
+                            run.generations, run.checkpoint_every, show=writer)  # fmt: skip
     state, final = evolution.finish(state)
     if state["accepted"] is None and not state["hall_of_fame"]:
         raise UserError(
