@@ -30,7 +30,7 @@ from l2o.cli.evolve import (
     run_generations,
     save_checkpoint,
 )
-from l2o.cli.evolve_config import _bool, _int, _mapping, _program
+from l2o.cli.evolve_config import _bool, _int, _mapping, _program, population_sizes
 from l2o.cli.resources import Call, check_memory, run_bytes, run_values
 from l2o.cli.run_folder import claim
 from l2o.io import EventFile, UserError, write_json_atomic
@@ -115,13 +115,8 @@ def parse_distill_run(data: Any, where: str = "config") -> DistillRun:
     try:
         mconfig = MutationConfig(**mutation)
         config = EvolutionConfig(
-            population_size=_int(data, "population_size", 32, where),
-            tournament_size=_int(data, "tournament_size", 4, where),
-            batch_size=_int(data, "batch_size", 16, where),
+            **population_sizes(data, where),
             warm_starts=tuple(p for p, _ in warm),
-            warm_start_mutations=_int(data, "warm_start_mutations", 1, where),
-            random_programs=_int(data, "random_programs", 0, where, positive=False),
-            restart_after=_int(data, "restart_after", 0, where, positive=False),
             funnel_every=_int(funnel, "every", 0, f"{where}.funnel", positive=False),
             funnel_top_k=_int(funnel, "top_k", 4, f"{where}.funnel"),
             # fitness is 1 - cosine (+ penalty): by default a rule passes the held-out check if

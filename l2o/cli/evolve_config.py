@@ -69,6 +69,18 @@ def _bool(data: dict, key: str, default: bool, where: str) -> bool:
     return value
 
 
+def population_sizes(data: dict, where: str) -> dict[str, int]:
+    """The population's sizes and restarts of a search config (`EvolutionConfig` fields)."""
+    return {
+        "population_size": _int(data, "population_size", 32, where),
+        "tournament_size": _int(data, "tournament_size", 4, where),
+        "batch_size": _int(data, "batch_size", 16, where),
+        "warm_start_mutations": _int(data, "warm_start_mutations", 1, where),
+        "random_programs": _int(data, "random_programs", 0, where, positive=False),
+        "restart_after": _int(data, "restart_after", 0, where, positive=False),
+    }
+
+
 def _program(entry: Any, where: str):
     """A library program entry: a name, or {name, hparams}; also its display name."""
     from search.programs_library import PROGRAMS, get_program
@@ -183,14 +195,9 @@ def parse_evolve_run(data: dict, where: str = "config") -> EvolveRun:
     try:
         mconfig = MutationConfig(**mutation)
         config = EvolutionConfig(
-            population_size=_int(data, "population_size", 32, where),
-            tournament_size=_int(data, "tournament_size", 4, where),
-            batch_size=_int(data, "batch_size", 16, where),
+            **population_sizes(data, where),
             warm_starts=tuple(p for p, _ in warm),
-            warm_start_mutations=_int(data, "warm_start_mutations", 1, where),
-            random_programs=_int(data, "random_programs", 0, where, positive=False),
             reference=reference,
-            restart_after=_int(data, "restart_after", 0, where, positive=False),
             funnel_every=_int(funnel_data, "every", 0, f"{where}.funnel", positive=False),
             funnel_top_k=_int(funnel_data, "top_k", 4, f"{where}.funnel"),
             funnel_tolerance=number(
