@@ -284,7 +284,7 @@ def run_distill_command(
     plain = _plain(data)
     events, unsaved = EventFile(out), []
 
-    def save() -> None:
+    def save(state: dict) -> None:
         payload = {"config": plain, "source": described, "state": state, "history": history,
                    "timing": timing}  # fmt: skip
         events.append(_scalars(unsaved))
@@ -305,7 +305,7 @@ def run_distill_command(
         row, times = _split_metrics(metrics)
         history, timing = [row], [times]
         unsaved.append(metrics)
-        save()
+        save(state)
     state = run_generations(evolution, state, history, timing, unsaved, save, "distill",
                             run.generations, run.checkpoint_every)  # fmt: skip
     state, final = evolution.finish(state)

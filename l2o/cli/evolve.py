@@ -219,8 +219,8 @@ def run_generations(
     show: bool = True,
 ) -> dict:
     """Step `evolution` from `state` up to `generations`, appending each generation's metrics to
-    `history`, `timing` and `unsaved`, and calling `save()` every `checkpoint_every` generations
-    and at the end; stops between generations on Ctrl-C. Returns the last state."""
+    `history`, `timing` and `unsaved`, and calling `save(state)` every `checkpoint_every`
+    generations and at the end; stops between generations on Ctrl-C. Returns the last state."""
     with progress_bar() if show else Progress(disable=True) as bar:
         job = bar.add_task(name, total=generations, completed=state["generation"])
         while state["generation"] < generations:
@@ -234,9 +234,9 @@ def run_generations(
             text = name if best is None else f"{name} (best {best:+.4f})"
             bar.update(job, completed=state["generation"], description=text)
             if state["generation"] % checkpoint_every == 0:
-                save()
+                save(state)
         if unsaved:
-            save()
+            save(state)
     return state
 
 
@@ -286,7 +286,7 @@ def run_evolve_command(
     unsaved: list[dict] = []
     events = EventFile(out) if writer else None  # appended at each checkpoint, kept on resume
 
-    def save() -> None:
+    def save(state: dict) -> None:
         payload = {"config_digest": digest, "config": plain, "state": state, "history": history,
                    "timing": timing}  # fmt: skip
         if writer:
@@ -306,7 +306,7 @@ def run_evolve_command(
         row, times = _split_metrics(metrics)
         history, timing = [row], [times]
         unsaved.append(metrics)
-        save()
+        save(state)
     state = run_generations(evolution, state, history, timing, unsaved, save, "evolve",
                             run.generations, run.checkpoint_every, show=writer)  # fmt: skip
     state, final = evolution.finish(state)

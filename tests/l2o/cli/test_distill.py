@@ -7,6 +7,7 @@ import json
 import pytest
 import yaml
 
+from l2o.cli.evolve import list_checkpoints, load_checkpoint
 from l2o.cli.main import main
 from search.rule_file import load_rule, read_rule
 
@@ -44,8 +45,14 @@ def test_distill_writes_a_rule_refuses_overwrite_and_resumes(tmp_path, config, c
 
     assert main(argv) == 2
     assert "--resume" in capsys.readouterr().err
+    # One checkpoint per generation, each holding its own generation: the resume goes on from 2.
+    newest = load_checkpoint(list_checkpoints(out)[-1])
+    assert [p.name for p in list_checkpoints(out)][-1] == "evolve_00000002.json"
+    assert newest["state"]["generation"] == 2 and len(newest["history"]) == 3
     assert main([*argv, "--resume", "--generations", "3"]) == 0
     assert read_rule(out / "best_rule.json")[1]["generations"] == 3
+    resumed = json.loads((out / "distill.json").read_text())
+    assert [row["generation"] for row in resumed["history"]] == [0, 1, 2, 3]
 
 
 @pytest.mark.parametrize(
