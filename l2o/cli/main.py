@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import sys
@@ -282,7 +283,9 @@ def _add_overwrite_flag(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+@functools.cache
 def build_parser() -> argparse.ArgumentParser:
+    """The `l2o` parser, built once per process (parsing leaves it unchanged)."""
     from importlib import metadata
 
     parser = _Parser(prog="l2o", description="Learning to optimize in JAX.")
