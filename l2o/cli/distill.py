@@ -23,17 +23,22 @@ from l2o.cli.evolve import (
     RUN_FILES,
     _check_config,
     _plain,
-    _scalars,
     _split_metrics,
     list_checkpoints,
     load_latest_checkpoint,
     run_generations,
-    save_checkpoint,
 )
-from l2o.cli.evolve_config import _bool, _int, _mapping, _program, population_sizes
+from l2o.cli.evolve_config import (
+    _bool,
+    _int,
+    _mapping,
+    _program,
+    check_warm_starts,
+    population_sizes,
+)
 from l2o.cli.resources import Call, check_memory, run_bytes, run_values
 from l2o.cli.run_folder import claim
-from l2o.io import EventFile, UserError, write_json_atomic
+from l2o.io import UserError, write_json_atomic
 
 TOP_KEYS = {"seed", "generations", "population_size", "tournament_size", "batch_size",
             "warm_starts", "warm_start_mutations", "random_programs", "restart_after",
@@ -129,11 +134,7 @@ def parse_distill_run(data: Any, where: str = "config") -> DistillRun:
         )
     except (TypeError, ValueError) as e:
         raise UserError(f"{where}: {' '.join(str(e).split())}") from None
-    for i, (program, name) in enumerate(warm):
-        live = len(program.live_instructions())
-        if live > mconfig.max_instructions:
-            raise UserError(f"{where}.warm_starts[{i}]: {name} has {live} instructions; "
-                            f"mutation.max_instructions is {mconfig.max_instructions}")  # fmt: skip
+    check_warm_starts(warm, mconfig.max_instructions, where)
     return DistillRun(
         config=config,
         fit=_streams(data.get("fit"), f"{where}.fit", 0),
@@ -244,7 +245,6 @@ def run_distill_command(
 ) -> int:
     """Distill `source` per `config_path` into `out`: checkpoints, events, distill.json and
     best_rule.json (the rule, at the learning rate matching the recorded update sizes)."""
-    import jax
 
     from search.canonical import canonicalize
     from search.distill import (
@@ -282,32 +282,25 @@ def run_distill_command(
     held_scorer = make_distill_scorer(heldout, probe_lr, run.length_penalty)
     evolution = make_evolution(run.config, None, scorer=scorer, funnel_scorer=held_scorer)
     plain = _plain(data)
-    events, unsaved = EventFile(out), []
-
-    def save(state: dict) -> None:
-        payload = {"config": plain, "source": described, "state": state, "history": history,
-                   "timing": timing}  # fmt: skip
-        events.append(_scalars(unsaved))
-        save_checkpoint(out, state["generation"], payload)
-        unsaved.clear()
-
+    resumed = None
     if resume and existing:
-        payload, skipped = load_latest_checkpoint(out)
+        resumed, skipped = load_latest_checkpoint(out)
         for reason in skipped:
             print(f"l2o: skipped a checkpoint: {reason}")
-        _check_config(payload, data, config_path, out)
-        if payload.get("source") != described:
+        _check_config(resumed, data, config_path, out)
+        if resumed.get("source") != described:
             raise UserError(f"{source} is not the optimizer the run in {out} distills "
-                            f"({payload.get('source')}); choose a new --out")  # fmt: skip
-        state, history, timing = payload["state"], payload["history"], payload["timing"]
-    else:
-        state, metrics = evolution.init(jax.random.key(run.seed))
-        row, times = _split_metrics(metrics)
-        history, timing = [row], [times]
-        unsaved.append(metrics)
-        save(state)
-    state = run_generations(evolution, state, history, timing, unsaved, save, "distill",
-                            run.generations, run.checkpoint_every)  # fmt: skip
+                            f"({resumed.get('source')}); choose a new --out")  # fmt: skip
+    state, history, timing = run_generations(
+        evolution,
+        out,
+        run.seed,
+        resumed,
+        {"config": plain, "source": described},
+        "distill",
+        run.generations,
+        run.checkpoint_every,
+    )
     state, final = evolution.finish(state)
     try:
         program, passed = best_program(state)

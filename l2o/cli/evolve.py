@@ -207,29 +207,55 @@ def evolve_calls(run: EvolveRun) -> list[Call]:
 
 def run_generations(
     evolution,
-    state: dict,
-    history: list,
-    timing: list,
-    unsaved: list,
-    save,
+    out: Path,
+    seed: int,
+    resumed: dict | None,
+    extra: dict,
     name: str,
     generations: int,
     checkpoint_every: int,
     *,
-    show: bool = True,
-) -> dict:
-    """Step `evolution` from `state` up to `generations`, appending each generation's metrics to
-    `history`, `timing` and `unsaved`, and calling `save(state)` every `checkpoint_every`
-    generations and at the end; stops between generations on Ctrl-C. Returns the last state."""
-    with progress_bar() if show else Progress(disable=True) as bar:
+    writer: bool = True,
+) -> tuple[dict, list, list]:
+    """Start `evolution` from `seed` (or from the `resumed` checkpoint payload) and step it up to
+    `generations`, stopping between generations on Ctrl-C. Every `checkpoint_every` generations
+    and at the end, a checkpoint (`extra` with the state, history and timing) is saved to `out`
+    and the generations' metrics appended to its TensorBoard events (by the `writer` process
+    only). Returns `(state, history, timing)`."""
+    import jax
+
+    events = EventFile(out) if writer else None  # appended at each checkpoint, kept on resume
+    unsaved: list[dict] = []
+
+    def save(state: dict) -> None:
+        if writer:
+            events.append(_scalars(unsaved))
+            save_checkpoint(
+                out,
+                state["generation"],
+                {**extra, "state": state, "history": history, "timing": timing},
+            )
+        unsaved.clear()
+
+    def record(metrics: dict) -> None:
+        row, times = _split_metrics(metrics)
+        history.append(row)
+        timing.append(times)
+        unsaved.append(metrics)
+
+    if resumed is not None:
+        state, history, timing = resumed["state"], resumed["history"], resumed["timing"]
+    else:
+        state, metrics = evolution.init(jax.random.key(seed))
+        history, timing = [], []
+        record(metrics)
+        save(state)
+    with progress_bar() if writer else Progress(disable=True) as bar:
         job = bar.add_task(name, total=generations, completed=state["generation"])
         while state["generation"] < generations:
             check()  # stop here on Ctrl-C: between generations
             state, metrics = evolution.step(state)
-            row, times = _split_metrics(metrics)
-            history.append(row)
-            timing.append(times)
-            unsaved.append(metrics)
+            record(metrics)
             best = state["best_fitness"]  # None while every rule ignores its learning rate
             text = name if best is None else f"{name} (best {best:+.4f})"
             bar.update(job, completed=state["generation"], description=text)
@@ -237,7 +263,7 @@ def run_generations(
                 save(state)
         if unsaved:
             save(state)
-    return state
+    return state, history, timing
 
 
 def run_evolve_command(
@@ -253,7 +279,6 @@ def run_evolve_command(
     """Evolve per `config_path` into `out`: checkpoints, events, evolution.json, best_rule.json.
     `seed` replaces the config's (and is stored with it, so a resume must give the same one).
     A run whose memory estimate (`l2o.cli.resources`) is above `max_memory` is refused."""
-    import jax
 
     from search.evolution import make_evolution
     from search.rule_file import save_rule
@@ -283,32 +308,24 @@ def run_evolve_command(
         existing = list_checkpoints(out)
     digest, plain = _config_digest(data), _plain(data)
     evolution = make_evolution(run.config, run.proxy, run.funnel)
-    unsaved: list[dict] = []
-    events = EventFile(out) if writer else None  # appended at each checkpoint, kept on resume
-
-    def save(state: dict) -> None:
-        payload = {"config_digest": digest, "config": plain, "state": state, "history": history,
-                   "timing": timing}  # fmt: skip
-        if writer:
-            events.append(_scalars(unsaved))
-            save_checkpoint(out, state["generation"], payload)
-        unsaved.clear()
-
     t0 = time.perf_counter()
+    resumed = None
     if resume and existing:
-        payload, skipped = load_latest_checkpoint(out)
+        resumed, skipped = load_latest_checkpoint(out)
         for reason in skipped if writer else ():
             print(f"l2o: skipped a checkpoint: {reason}")
-        _check_config(payload, data, config_path, out)
-        state, history, timing = payload["state"], payload["history"], payload["timing"]
-    else:
-        state, metrics = evolution.init(jax.random.key(run.seed))
-        row, times = _split_metrics(metrics)
-        history, timing = [row], [times]
-        unsaved.append(metrics)
-        save(state)
-    state = run_generations(evolution, state, history, timing, unsaved, save, "evolve",
-                            run.generations, run.checkpoint_every, show=writer)  # fmt: skip
+        _check_config(resumed, data, config_path, out)
+    state, history, timing = run_generations(
+        evolution,
+        out,
+        run.seed,
+        resumed,
+        {"config_digest": digest, "config": plain},
+        "evolve",
+        run.generations,
+        run.checkpoint_every,
+        writer=writer,
+    )
     state, final = evolution.finish(state)
     if state["accepted"] is None and not state["hall_of_fame"]:
         raise UserError(

@@ -69,6 +69,16 @@ def _bool(data: dict, key: str, default: bool, where: str) -> bool:
     return value
 
 
+def check_warm_starts(warm: list, max_instructions: int, where: str) -> None:
+    """UserError if a warm start `(program, name)` of `warm` has more live instructions than
+    mutation allows."""
+    for i, (program, name) in enumerate(warm):
+        live = len(program.live_instructions())
+        if live > max_instructions:
+            raise UserError(f"{where}.warm_starts[{i}]: {name} has {live} instructions; "
+                            f"mutation.max_instructions is {max_instructions}")  # fmt: skip
+
+
 def population_sizes(data: dict, where: str) -> dict[str, int]:
     """The population's sizes and restarts of a search config (`EvolutionConfig` fields)."""
     return {
@@ -210,13 +220,7 @@ def parse_evolve_run(data: dict, where: str = "config") -> EvolveRun:
         )
     except (TypeError, ValueError) as e:
         raise UserError(f"{where}: {' '.join(str(e).split())}") from None
-    for i, (program, name) in enumerate(warm):
-        live = len(program.live_instructions())
-        if live > mconfig.max_instructions:
-            raise UserError(
-                f"{where}.warm_starts[{i}]: {name} has {live} instructions; "
-                f"mutation.max_instructions is {mconfig.max_instructions}"
-            )
+    check_warm_starts(warm, mconfig.max_instructions, where)
     return EvolveRun(
         config=config,
         proxy=proxy,
