@@ -50,7 +50,9 @@ def test_progress_embedding_is_bounded_and_ordered():
     emb = np.asarray(emb)
     assert emb.shape == (len(steps), 11)
     assert np.all(emb >= -1) and np.all(emb <= 1)
-    assert np.all(np.diff(emb, axis=0) >= 0)  # each rises with training progress
+    # each rises with training progress (XLA's float32 tanh, compiled, is monotone only up to
+    # one unit in the last place near 1: 6e-8)
+    assert np.all(np.diff(emb, axis=0) >= -1e-7)
     assert np.all(np.diff(emb[-1]) <= 0)  # shorter timescales have risen further
     assert float(features.progress(5000, num_steps)) == 1.0
 
