@@ -26,7 +26,7 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 GRACE_S = 1.0
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -116,11 +116,17 @@ def stop_on_signals() -> Iterator[None]:
         theirs.close()
 
 
-def run_stoppable(main: Callable[[], int]) -> None:
+def run_stoppable(main: Callable[[], int], received: Sequence[int] = ()) -> None:
     """Run `main()` (it returns the exit code) under `stop_on_signals` and end the process: with
     exit code 130 or 143 if a signal asked to stop at any moment, even after the command's last
-    `check`; otherwise with `main`'s code, after the exit handlers ran (see the module)."""
+    `check`, or came before (`received`: then `main` does not start); otherwise with `main`'s
+    code, after the exit handlers ran (see the module)."""
     with stop_on_signals():
+        _requested.extend(received)
+        if _requested:
+            code = Interrupted(_requested[0]).code
+            print(interrupt_message(code), file=sys.stderr)
+            exit_now(code)
         code = main()
         atexit._run_exitfuncs()  # e.g. JAX's clean-up, while signals are still caught
         for stream in (sys.stdout, sys.stderr):

@@ -182,3 +182,40 @@ def test_a_signal_ignored_at_the_start_stays_ignored():
         assert signal.getsignal(signal.SIGTERM) is sigterm
     finally:
         signal.signal(signal.SIGINT, sigint)
+
+
+EARLY = """
+import os, signal, sys
+import l2o.cli.__main__ as entry  # sets the first handler
+os.kill(os.getpid(), signal.{name})  # a signal while the command's modules would be imported
+assert entry.EARLY_SIGNALS == [signal.{name}], entry.EARLY_SIGNALS
+entry.run()
+"""
+
+
+@pytest.mark.parametrize(("name", "code"), [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_signal_before_the_command_starts_ends_it_with_its_exit_code(tmp_path, name, code):
+    """The entry point's first handler records a signal that comes while `l2o.cli.stopping` is
+    imported; the command then does not start, and exits with the signal's code."""
+    out = tmp_path / "out"
+    argv = [sys.executable, "-c", EARLY.format(name=name), "train", "--task", "rosenbrock",
+            "--optimizer", "sgd", "--steps", "10", "--out", str(out)]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert done.returncode == code, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"l2o: {'interrupted' if code == 130 else 'terminated'}; no file was left half-written"
+    ]
+    assert not out.exists()
+
+
+def test_the_first_handler_keeps_an_ignored_signal_ignored():
+    script = (
+        "import os, signal\n"
+        "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+        "import l2o.cli.__main__ as entry\n"
+        "assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN\n"
+        "os.kill(os.getpid(), signal.SIGINT)\n"
+        "assert entry.EARLY_SIGNALS == []\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
