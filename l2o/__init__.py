@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+TYPE_CHECKING = False  # not `typing`'s: the `l2o` command imports this package before it can
+# catch signals (l2o/cli/__main__.py), so it imports nothing
 if TYPE_CHECKING:
     import os
 
