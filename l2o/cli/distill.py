@@ -21,11 +21,10 @@ from l2o.cli.builders import (
 from l2o.cli.config import check_keys, load_yaml, number, parse_family, parse_task
 from l2o.cli.evolve import (
     RUN_FILES,
-    _check_config,
     _plain,
     _split_metrics,
     list_checkpoints,
-    load_latest_checkpoint,
+    load_resumed,
     run_generations,
 )
 from l2o.cli.evolve_config import (
@@ -282,15 +281,10 @@ def run_distill_command(
     held_scorer = make_distill_scorer(heldout, probe_lr, run.length_penalty)
     evolution = make_evolution(run.config, None, scorer=scorer, funnel_scorer=held_scorer)
     plain = _plain(data)
-    resumed = None
-    if resume and existing:
-        resumed, skipped = load_latest_checkpoint(out)
-        for reason in skipped:
-            print(f"l2o: skipped a checkpoint: {reason}")
-        _check_config(resumed, data, config_path, out)
-        if resumed.get("source") != described:
-            raise UserError(f"{source} is not the optimizer the run in {out} distills "
-                            f"({resumed.get('source')}); choose a new --out")  # fmt: skip
+    resumed = load_resumed(out, data, config_path) if resume and existing else None
+    if resumed is not None and resumed.get("source") != described:
+        raise UserError(f"{source} is not the optimizer the run in {out} distills "
+                        f"({resumed.get('source')}); choose a new --out")  # fmt: skip
     state, history, timing = run_generations(
         evolution,
         out,

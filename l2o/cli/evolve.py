@@ -68,6 +68,16 @@ def _check_config(payload: dict, data: dict, config_path: Path, out: Path) -> No
         )
 
 
+def load_resumed(out: Path, data: dict, config_path: Path, *, say: bool = True) -> dict:
+    """The newest loadable checkpoint in `out` (saying, if `say`, which newer ones were skipped
+    and why), refused unless it was written under the config `data` (`_check_config`)."""
+    resumed, skipped = load_latest_checkpoint(out)
+    for reason in skipped if say else ():
+        print(f"l2o: skipped a checkpoint: {reason}")
+    _check_config(resumed, data, config_path, out)
+    return resumed
+
+
 def list_checkpoints(directory: Path) -> list[Path]:
     """Evolution checkpoints in `directory`, oldest first."""
     if not directory.is_dir():
@@ -279,7 +289,6 @@ def run_evolve_command(
     """Evolve per `config_path` into `out`: checkpoints, events, evolution.json, best_rule.json.
     `seed` replaces the config's (and is stored with it, so a resume must give the same one).
     A run whose memory estimate (`l2o.cli.resources`) is above `max_memory` is refused."""
-
     from search.evolution import make_evolution
     from search.rule_file import save_rule
 
@@ -309,12 +318,7 @@ def run_evolve_command(
     digest, plain = _config_digest(data), _plain(data)
     evolution = make_evolution(run.config, run.proxy, run.funnel)
     t0 = time.perf_counter()
-    resumed = None
-    if resume and existing:
-        resumed, skipped = load_latest_checkpoint(out)
-        for reason in skipped if writer else ():
-            print(f"l2o: skipped a checkpoint: {reason}")
-        _check_config(resumed, data, config_path, out)
+    resumed = load_resumed(out, data, config_path, say=writer) if resume and existing else None
     state, history, timing = run_generations(
         evolution,
         out,

@@ -123,16 +123,13 @@ def run_stoppable(main: Callable[[], int], received: Sequence[int] = ()) -> None
     code, after the exit handlers ran (see the module)."""
     with stop_on_signals():
         _requested.extend(received)
-        if _requested:
-            code = Interrupted(_requested[0]).code
-            print(interrupt_message(code), file=sys.stderr)
-            exit_now(code)
-        code = main()
+        code = 0 if _requested else main()  # a signal before the start: main does not start
         atexit._run_exitfuncs()  # e.g. JAX's clean-up, while signals are still caught
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
                 stream.flush()
-        if _requested and code not in EXIT_CODES.values():  # the stop came after the last check
+        # the stop came before the start, or after the last check
+        if _requested and code not in EXIT_CODES.values():
             code = Interrupted(_requested[0]).code
             print(interrupt_message(code), file=sys.stderr)
         exit_now(code)
