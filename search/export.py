@@ -49,6 +49,7 @@ _ARITHMETIC: dict[str, str] = {
     "newton_schulz": "_orthogonalized(@0)",
     "row_rms": "_row_rms(@0)",
     "col_rms": "_col_rms(@0)",
+    "is_matrix": "_is_matrix(@0)",
 }
 # Per op, a jnp expression and a LaTeX one; the jnp ones compute exactly what `search.ops` does.
 PYTHON: dict[str, str] = {
@@ -125,6 +126,7 @@ LATEX: dict[str, str] = {
     "newton_schulz": r"\operatorname{orth}(@0)",
     "row_rms": r"\operatorname{rms}_{\text{row}}(@0)",
     "col_rms": r"\operatorname{rms}_{\text{col}}(@0)",
+    "is_matrix": r"\operatorname{mat}(@0)",
 }
 HELPERS = {
     "_safe_divisor": '''def _safe_divisor(x):
@@ -185,6 +187,9 @@ HELPERS = {
     m = x.reshape((math.prod(x.shape[:-1]), x.shape[-1]) if x.ndim else (1, 1))
     rms = jnp.sqrt(jnp.mean(m * m, axis=0, keepdims=True))
     return jnp.broadcast_to(rms, m.shape).reshape(x.shape)''',
+    "_is_matrix": '''def _is_matrix(x):
+    """1 over a tensor of two or more axes, 0 over a vector or a scalar."""
+    return jnp.full_like(x, 1.0 if x.ndim >= 2 else 0.0)''',
 }
 TEX_INPUTS = {"w": "w", "g": "g", "lr": r"\eta", "t": "t"}
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -406,7 +411,8 @@ _MATRIX_NOTE = (
     "(about $U V^\\top$ for $x = U S V^\\top$), and $x / (\\operatorname{rms}(x) + 10^{-12})$ "
     "for a vector or a scalar; $\\operatorname{rms}_{\\text{row}}(x)$ and "
     "$\\operatorname{rms}_{\\text{col}}(x)$ are the RMS of each row and of each column, "
-    "repeated over the shape of $x$ (Adafactor's statistics).\n\n"
+    "repeated over the shape of $x$ (Adafactor's statistics); $\\operatorname{mat}(x)$ is 1 "
+    "over a tensor of two or more axes and 0 over a vector or a scalar.\n\n"
 )
 
 
@@ -699,6 +705,9 @@ TORCH_HELPERS = {
     m = x.reshape((math.prod(x.shape[:-1]), x.shape[-1]) if x.dim() else (1, 1))
     rms = torch.sqrt(torch.mean(m * m, dim=0, keepdim=True))
     return rms.repeat(m.shape[0], 1).reshape(x.shape)''',
+    "_is_matrix": '''def _is_matrix(x):
+    """1 over a tensor of two or more axes, 0 over a vector or a scalar."""
+    return torch.full_like(x, 1.0 if x.dim() >= 2 else 0.0)''',
 }
 _TORCH_RESERVED = {"torch", "math", "annotations", "TINY", "MAX_EXP", "_rule", *TORCH_HELPERS}
 

@@ -4,10 +4,10 @@ publish the formula of the rule they found; a formula must be that rule at every
 
 `check_formula` parses the LaTeX of `search.export` as the mathematics it shows (`\\frac{a}{b}`
 is `a / b`, `\\exp` is `exp`, `|x|^{c}` is a power, with no guard the text does not show, and the
-matrix ops `orth`, `rms_row`, `rms_col` as `search.ops` computes them), and the Markdown table as
-the ops it names; it runs both and the interpreter on the same weights, gradients, learning rates
-and steps `t = 1..steps`, and reports how far their updates are apart. Nothing is evaluated as
-code: the text is tokenized and parsed into tuples, which are computed with jnp.
+matrix ops `orth`, `rms_row`, `rms_col`, `mat` as `search.ops` computes them), and the Markdown
+table as the ops it names; it runs both and the interpreter on the same weights, gradients,
+learning rates and steps `t = 1..steps`, and reports how far their updates are apart. Nothing is
+evaluated as code: the text is tokenized and parsed into tuples, which are computed with jnp.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 from search.export import export_latex, export_markdown
 from search.interpreter import run_program
 from search.mutation import rng_from_key
-from search.ops import OPS, apply, col_rms, orthogonalized, row_rms
+from search.ops import OPS, apply, col_rms, is_matrix, orthogonalized, row_rms
 from search.program import Program
 
 STEPS = 10_000
@@ -73,7 +73,7 @@ _UNARY = {r"\exp": "exp", r"\log": "log", r"\tanh": "tanh", r"\sigma": "sigmoid"
           r"\operatorname{sign}": "sign", r"\operatorname{rms}": "rms",
           r"\operatorname{mean}": "mean", r"\operatorname{size}": "size",
           r"\operatorname{orth}": "orth", r"\operatorname{rms}_{\text{row}}": "row_rms",
-          r"\operatorname{rms}_{\text{col}}": "col_rms"}  # fmt: skip
+          r"\operatorname{rms}_{\text{col}}": "col_rms", r"\operatorname{mat}": "mat"}  # fmt: skip
 _BINARY = {r"\max": "max", r"\min": "min", r"\operatorname{clip}": "clip", r"\cos": "cos"}
 _FACTOR_STARTS = {"(", "{", "[", r"\frac", r"\sqrt", r"\lvert", r"\lVert", r"\langle", r"\eta",
                   r"\textstyle", r"\begin{cases}", *_UNARY, *_BINARY}  # fmt: skip
@@ -308,7 +308,7 @@ _MATH: dict[str, Callable[..., jax.Array]] = {
     "cos": lambda a, b: jnp.sum(a * b) / (_norm(a) * _norm(b)),
     "indicator": lambda x: (x > 0).astype(x.dtype),
     "select": lambda p, a, b: jnp.where(p > 0, a, b), "orth": orthogonalized,
-    "row_rms": row_rms, "col_rms": col_rms,
+    "row_rms": row_rms, "col_rms": col_rms, "mat": is_matrix,
 }  # fmt: skip
 
 

@@ -8,6 +8,10 @@ the best grid point is refined to the vertex of the parabola through it and its 
 in (log lr, log loss), moved at most half a grid step. The summary (median, quartiles, range of
 the ratio, in log space) covers the tasks whose tuned learning rates both lie inside the grid
 (all tasks, if none do).
+
+The default learning rate of a rule file (`calibrated_learning_rate`) is the grid point at which
+the most of those tasks end within 10% of their tuned loss, the geometric mean of the excess
+breaking ties: a setting chosen for working on many tasks at once, as a user runs it untuned.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from search.sweep import log_grid, lr_seed_sweep
 
 REFERENCE = "adamw"
 LOSS_FLOOR = 1e-30  # losses are compared in logs
+DEFAULT_TOLERANCE = 0.10  # a default learning rate should end within 10% of the tuned loss
 
 
 def transfer_grid(low: float, high: float, per_decade: int) -> np.ndarray:
@@ -98,8 +103,10 @@ def lr_ratio(
       Plain JSON data: `median`, `q1`, `q3`, `min`, `max` of the ratio over the tasks whose two
       tuned learning rates lie inside the grid, `reference_adamw_lr` (the reference's median
       tuned learning rate over those tasks), `tasks_inside_grid`, `grid` and one entry per task
-      (`rule_lr`, `adamw_lr`, `ratio`, their tuned validation losses, `at_edge`). If every task
-      has a tuned learning rate at an edge of the grid, the summary covers them all (bounds).
+      (`rule_lr`, `adamw_lr`, `ratio`, their tuned validation losses, the rule's validation loss
+      at each grid point, `at_edge`). If every task has a tuned learning rate at an edge of the
+      grid, the summary covers them all (bounds). `default` is `best_single_learning_rate` over all
+      the tasks.
     """
     lrs = np.asarray(learning_rates, np.float32)
     rows = []
@@ -113,20 +120,48 @@ def lr_ratio(
                          "seeds": len(suite.seeds), "rule_lr": rule_lr, "adamw_lr": ref_lr,
                          "ratio": rule_lr / ref_lr, "rule_valid_loss": float(rule_losses.min()),
                          "adamw_valid_loss": float(ref_losses.min()),
+                         "rule_valid_loss_by_lr": [float(x) for x in rule_losses],
                          "at_edge": rule_edge or ref_edge})  # fmt: skip
             on_task(f"{suite_name}/{name}")
     inside = [row for row in rows if not row["at_edge"]] or rows  # else bounds: say so
+    losses = np.asarray([row["rule_valid_loss_by_lr"] for row in rows], np.float64)
     return {
         "reference": REFERENCE,
         **_quantiles([row["ratio"] for row in inside]),
         "reference_adamw_lr": _quantiles([row["adamw_lr"] for row in inside])["median"],
         "tasks_inside_grid": sum(not row["at_edge"] for row in rows),
         "grid": {"low": float(lrs[0]), "high": float(lrs[-1]), "num": len(lrs)},
+        "default": best_single_learning_rate(lrs, losses),
         "tasks": rows,
     }
 
 
+def best_single_learning_rate(
+    learning_rates: np.ndarray, losses_TL: np.ndarray, tolerance: float = DEFAULT_TOLERANCE
+) -> dict[str, Any]:
+    """The one learning rate of `learning_rates` that serves the most tasks: the grid point at
+    which the most rows of `losses_TL` (a task's final loss at each learning rate) are within
+    `1 + tolerance` of that row's minimum, ties broken by the lowest geometric mean of
+    `loss / minimum`.
+
+    Returns:
+      `learning_rate`, `within_tolerance` (tasks within it there), `tasks`, `tolerance` and
+      `excess`, that geometric mean minus 1.
+    """
+    losses = np.maximum(np.asarray(losses_TL, np.float64), LOSS_FLOOR)
+    excess_TL = losses / losses.min(axis=1, keepdims=True)
+    within_L = np.sum(excess_TL <= 1 + tolerance, axis=0)
+    log_excess_L = np.mean(np.log(excess_TL), axis=0)
+    best = int(np.lexsort((log_excess_L, -within_L))[0])
+    return {"learning_rate": float(learning_rates[best]), "within_tolerance": int(within_L[best]),
+            "tasks": len(losses), "tolerance": tolerance,
+            "excess": float(np.expm1(log_excess_L[best]))}  # fmt: skip
+
+
 def calibrated_learning_rate(ratio: Mapping[str, Any]) -> float:
-    """The default learning rate a measured ratio gives: its median times the reference's median
-    tuned learning rate on the same tasks."""
+    """The default learning rate a measured ratio gives: its `default` (`best_single_learning_rate`
+    over its tasks) when it has one, else its median times the reference's median tuned learning
+    rate on the same tasks."""
+    if "default" in ratio:
+        return float(ratio["default"]["learning_rate"])
     return float(ratio["median"] * ratio["reference_adamw_lr"])

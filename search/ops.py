@@ -8,7 +8,8 @@ smaller than `TINY` in magnitude become `+-TINY`, exponentials and powers stay b
 takes either, and an op whose result is `SAME` returns a tensor when any operand is one.
 Reductions (`norm`, `dot`, ...) reduce over the one tensor the rule is applied to, so a rule is
 layer-wise, like the paper's. The matrix ops (`MATRIX_OPS`: Muon's orthogonalisation, Adafactor's
-row and column RMS) see that tensor in its own shape, as a matrix (`matrix_shape`).
+row and column RMS, and `is_matrix`, which lets a rule branch on the tensor's rank as Muon does)
+see that tensor in its own shape, as a matrix (`matrix_shape`).
 
 Op ids are stable: they are the op codes of the fixed-shape encoding (`search.encoding`), where 0
 is the padding no-op, so a new op takes the next free id and an id is never reused. Rule files
@@ -144,6 +145,13 @@ def col_rms(x: jax.Array) -> jax.Array:
     )
 
 
+def is_matrix(x: jax.Array) -> jax.Array:
+    """1 over a tensor of two or more axes (one that Muon orthogonalises, `matrix_shape`), 0 over
+    a vector or a scalar: with `select`, a rule that treats matrices and the other tensors apart
+    (Muon for the matrices, Adam for the biases)."""
+    return jnp.full_like(x, 1.0 if x.ndim >= 2 else 0.0)
+
+
 def _interp(a, b, t):
     """`(1 - t) a + t b`, the EMA form `optax.tree.update_moment` uses."""
     return (1 - t) * a + t * b
@@ -153,7 +161,7 @@ _U, _B, _T = (ANY,), (ANY, ANY), (ANY, ANY, ANY)
 _COMMUTATIVE = ("add", "mul", "max", "min", "dot", "cosine")
 _REDUCTIONS = ("clip_by_norm", "normalize", "norm", "rms", "mean", "sum", "max_abs", "size", "dot",
                "cosine")  # fmt: skip
-MATRIX_OPS = ("newton_schulz", "row_rms", "col_rms")
+MATRIX_OPS = ("newton_schulz", "row_rms", "col_rms", "is_matrix")
 
 # name: (id, operand kinds, result kind, uses the constant, fn(*operands, c[, reducer]), doc)
 _TABLE = {
@@ -221,6 +229,10 @@ _TABLE = {
     "col_rms": (
         48, (TENSOR,), TENSOR, False, lambda x, c, r: r.per_tensor(col_rms, x),
         "rms of each column of x as a matrix; |x| for a vector or scalar",
+    ),
+    "is_matrix": (
+        49, (TENSOR,), TENSOR, False, lambda x, c, r: r.per_tensor(is_matrix, x),
+        "1 over a tensor of two or more axes, 0 over a vector or scalar",
     ),
 }  # fmt: skip
 

@@ -1,11 +1,11 @@
 """Hand-written optimizers as programs: the warm starts of a search (Chen et al. 2023, "Symbolic
 Discovery of Optimization Algorithms", start their search from AdamW).
 
-Each factory returns a `Program` equal to the optax optimizer of the same name, or for `muon` and
-`adafactor` to `baselines`' (the tests compare them); the learning rate is the program's input
-`lr`, the hyperparameters are constants. An EMA `b m + (1 - b) g` is written `interp_c(m, g; 1 -
-b)`: constants are float32, and storing the small rate `1 - b` keeps both weights as exact as
-optax's (float32 `b = 0.999` is off by 1e-8, which is 1e-5 of `1 - b`).
+Each factory returns a `Program` equal to the optax optimizer of the same name, or for `muon`,
+`muon_adam` and `adafactor` to `baselines`' (the tests compare them); the learning rate is the
+program's input `lr`, the hyperparameters are constants. An EMA `b m + (1 - b) g` is written
+`interp_c(m, g; 1 - b)`: constants are float32, and storing the small rate `1 - b` keeps both
+weights as exact as optax's (float32 `b = 0.999` is off by 1e-8, which is 1e-5 of `1 - b`).
 """
 
 from __future__ import annotations
@@ -115,6 +115,25 @@ def muon(beta: float = 0.95, nesterov: bool = True) -> Program:
     return Program(body, update=R1, new_state=(S1,))
 
 
+def muon_adam(
+    beta: float = 0.95, b2: float = 0.999, eps: float = 1e-8, nesterov: bool = True
+) -> Program:
+    """Muon with Adam for the other tensors, as `baselines.muon(adam_b1=beta)` runs it (with
+    every tensor of two or more axes its matrices): the `muon` program's update on a matrix
+    (`is_matrix` > 0), Adam's `lr m_hat / (sqrt(v_hat) + eps)` on a vector or scalar; both
+    read one momentum `m = beta m + (1 - beta) g`."""
+    muon_input = _i("interp_c", R2, S1, G, c=_rate(beta)) if nesterov else _i("copy", R2, S1)
+    body = (
+        *_adam_direction(beta, b2, eps),
+        muon_input,
+        _i("newton_schulz", R2, R2),
+        _i("is_matrix", R3, G),
+        _i("select", R1, R3, R2, R1),
+        _i("mul", R1, LR, R1),
+    )
+    return Program(body, update=R1, new_state=(S1, S2))
+
+
 def adafactor(decay_rate: float = 0.8, eps: float = 1e-30, eps_scale: float = 1e-3) -> Program:
     """Adafactor as `baselines.adafactor` with its defaults (factored, update clipping at 1,
     relative step sizes, no momentum): `R`, `C` EMAs of the row and column means of `g^2 + eps`
@@ -160,6 +179,7 @@ PROGRAMS: dict[str, Callable[..., Program]] = {
     "adamw": adamw,
     "lion": lion,
     "muon": muon,
+    "muon_adam": muon_adam,
     "adafactor": adafactor,
 }
 

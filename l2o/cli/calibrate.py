@@ -56,9 +56,18 @@ def measure_transfer(program, run: EvolveRun, *, show: bool = True) -> dict[str,
     return ratio
 
 
+def serves(ratio: dict[str, Any]) -> str:
+    """How many of the measured tasks the default learning rate serves, as a clause."""
+    default = ratio.get("default")
+    if default is None:
+        return ""
+    return (f", within {default['tolerance']:.0%} of the tuned loss on "
+            f"{default['within_tolerance']} of {default['tasks']} tasks")  # fmt: skip
+
+
 def calibrated_metadata(metadata: dict[str, Any], ratio: dict[str, Any]) -> dict[str, Any]:
-    """`metadata` with the measured ratio and the default learning rate it gives (the median
-    ratio times AdamW's median tuned learning rate on the same tasks)."""
+    """`metadata` with the measured ratio and the default learning rate it gives (the one grid
+    point within 10% of the tuned loss on the most tasks: `search.lr_transfer`)."""
     from search.lr_transfer import calibrated_learning_rate
     from search.rule_file import ADAMW_RATIO
 
@@ -108,7 +117,7 @@ def run_calibrate_rule_command(
     print(
         f"{rule_path}: learning rate {ratio['median']:.3g}x AdamW's (median of "
         f"{ratio['tasks_inside_grid']} tasks; range {ratio['min']:.3g}-{ratio['max']:.3g}); "
-        f"default learning rate {new['learning_rate']:.3g} (AdamW's median tuned "
+        f"default learning rate {new['learning_rate']:.3g}{serves(ratio)} (AdamW's median tuned "
         f"{ratio['reference_adamw_lr']:.3g}) written to {out}"
     )
     return 0

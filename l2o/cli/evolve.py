@@ -15,7 +15,7 @@ from typing import Any
 from rich.progress import Progress
 
 from l2o.cli.builders import check_resumable, path_exists, versions
-from l2o.cli.calibrate import calibrated_metadata, measure_transfer, transfer_calls
+from l2o.cli.calibrate import calibrated_metadata, measure_transfer, serves, transfer_calls
 from l2o.cli.config import load_yaml
 from l2o.cli.distributed import is_writer, on_writer
 from l2o.cli.evolve_config import EvolveRun, parse_evolve_run
@@ -377,7 +377,8 @@ def run_evolve_command(
         f"evolution done: {state['generation']} generations; best rule (fitness "
         f"{metadata['fitness']:+.4f} vs {run.reference} 0, {verdict}; closest to "
         f"{metadata['closest_reference']['name']}; learning rate {ratio['median']:.3g}x AdamW's, "
-        f"default {metadata['learning_rate']:.3g}) written to {out / 'best_rule.json'}; "
+        f"default {metadata['learning_rate']:.3g}{serves(ratio)}) written to "
+        f"{out / 'best_rule.json'}; "
         f"{ignored} rules rejected because their update ignores the learning rate{rho}"
     )
     return 0

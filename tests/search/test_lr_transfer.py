@@ -8,6 +8,7 @@ import tasks
 from baselines import sgd
 from search.evolution import Suite
 from search.lr_transfer import (
+    best_single_learning_rate,
     calibrated_learning_rate,
     lr_ratio,
     transfer_grid,
@@ -47,6 +48,24 @@ def test_tuned_learning_rate_is_the_vertex_of_a_log_parabola():
     assert tuned_learning_rate(lrs, diverged) == (float(lrs[np.argmin(losses)]), False)
 
 
+def test_best_single_learning_rate_serves_the_most_tasks():
+    lrs = np.array([1e-3, 1e-2, 1e-1])
+    losses = np.array([[1.0, 1.05, 3.0],  # within 10% at 1e-3 and 1e-2
+                       [2.0, 1.0, 1.08],  # at 1e-2 and 1e-1
+                       [9.0, 1.2, 1.0]])  # fmt: skip
+    best = best_single_learning_rate(lrs, losses)
+    assert best["learning_rate"] == 1e-2 and best["within_tolerance"] == 2 and best["tasks"] == 3
+    assert best["excess"] == pytest.approx((1.05 * 1.0 * 1.2) ** (1 / 3) - 1)
+    # A tie in the count goes to the lower geometric excess; PENALTY rows count as far off.
+    tie = best_single_learning_rate(lrs, np.array([[1.0, 1.09, PENALTY], [1.0, 1.01, 1.0]]))
+    assert tie["learning_rate"] == 1e-3 and tie["within_tolerance"] == 2
+    assert best_single_learning_rate(lrs, losses, tolerance=0.3)["within_tolerance"] == 3
+    ratio = {"median": 2.0, "reference_adamw_lr": 1e-3, "default": best}
+    assert calibrated_learning_rate(ratio) == 1e-2
+    del ratio["default"]  # a measurement from before the default was chosen by count
+    assert calibrated_learning_rate(ratio) == pytest.approx(2e-3)
+
+
 def _suite() -> Suite:
     return Suite(("logistic",), (tasks.get_task("logistic_regression"),), 30, (1e-3,), (0,))
 
@@ -60,7 +79,9 @@ def test_adamw_scaled_by_a_quarter_needs_four_times_the_learning_rate():
     assert ratio["median"] == row["ratio"] == pytest.approx(4.0, rel=0.1)
     assert row["rule_valid_loss"] == pytest.approx(row["adamw_valid_loss"], rel=0.02)
     assert ratio["reference_adamw_lr"] == row["adamw_lr"]
-    assert calibrated_learning_rate(ratio) == pytest.approx(row["rule_lr"])
+    assert calibrated_learning_rate(ratio) == ratio["default"]["learning_rate"]
+    assert ratio["default"]["learning_rate"] == pytest.approx(row["rule_lr"], rel=0.5)
+    assert len(row["rule_valid_loss_by_lr"]) == len(grid)
     assert ratio["min"] == ratio["q1"] == ratio["median"] == ratio["q3"] == ratio["max"]
 
 

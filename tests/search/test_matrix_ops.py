@@ -1,6 +1,7 @@
-"""The matrix ops (`newton_schulz`, `row_rms`, `col_rms`) against NumPy transcriptions on matrices,
-larger tensors, vectors and scalars, in both interpreters; the muon and adafactor programs against
-`baselines`; their exports, printed formulas, mutations, fingerprints and learning-rate probes."""
+"""The matrix ops (`newton_schulz`, `row_rms`, `col_rms`, `is_matrix`) against NumPy transcriptions
+on matrices, larger tensors, vectors and scalars, in both interpreters; the muon, muon_adam and
+adafactor programs against `baselines`; their exports, printed formulas, mutations, fingerprints
+and learning-rate probes."""
 
 from __future__ import annotations
 
@@ -48,6 +49,8 @@ def reference(name: str, x: np.ndarray) -> np.ndarray:
         out = np.sqrt(np.mean(m * m, axis=1, keepdims=True)) * np.ones_like(m)
     elif name == "col_rms":
         out = np.sqrt(np.mean(m * m, axis=0, keepdims=True)) * np.ones_like(m)
+    elif name == "is_matrix":
+        out = np.full_like(m, float(x.ndim >= 2))
     elif x.ndim < 2:
         out = m / np.sqrt(np.mean(m * m))
     else:
@@ -130,6 +133,17 @@ def test_muon_program_is_baselines_muon_on_matrices(nesterov):
         np.testing.assert_allclose(got[key], want[key], rtol=1e-6, atol=1e-6, err_msg=key)
 
 
+def test_muon_adam_program_is_baselines_muon_with_adam_for_vectors():
+    params = {k: jnp.asarray(v) for k, v in tensors(3).items()}
+    mask = lambda p: jax.tree.map(lambda x: x.ndim >= 2, p)  # noqa: E731
+    want = run(muon(0.02, adam_b1=0.95, muon_mask=mask), params)
+    got = run(program_transform(get_program("muon_adam"), 0.02), params)
+    plain_muon = run(program_transform(get_program("muon"), 0.02), params)
+    for key in params:
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-6, atol=1e-6, err_msg=key)
+        assert np.array_equal(got[key], plain_muon[key]) == (len(SHAPES[key]) >= 2), key
+
+
 def test_adafactor_program_is_baselines_adafactor():
     params = {k: jnp.asarray(v) for k, v in tensors(4).items() if k != "kernel"}
     want = run(adafactor(1e-2), params)  # factors the last two axes: a kernel would differ
@@ -146,7 +160,7 @@ def load(source: str, path, name: str):
     return module
 
 
-@pytest.mark.parametrize("name", ["muon", "adafactor"])
+@pytest.mark.parametrize("name", ["muon", "muon_adam", "adafactor"])
 def test_python_export_matches_the_interpreter_on_every_shape(tmp_path, name):
     params = {k: jnp.asarray(v) for k, v in tensors(5).items()}
     program = get_program(name)
@@ -164,6 +178,7 @@ def test_torch_export_matches_the_interpreter_on_every_shape(tmp_path):
     params = {k: jnp.asarray(v) for k, v in tensors(6).items()}
     programs = {name: one_op(name) for name in MATRIX_OPS}
     programs["muon"] = get_program("muon")
+    programs["muon_adam"] = get_program("muon_adam")
     for name, program in programs.items():
         cls = load(export_torch(program, name="Rule"), tmp_path / f"{name}.py", name).Rule
         weights = {k: torch.tensor(np.asarray(v), requires_grad=True) for k, v in params.items()}
@@ -186,8 +201,12 @@ def test_printed_formulas_read_back_on_every_shape():
     for name in MATRIX_OPS:
         program = one_op(name)
         latex = export_latex(program)
-        assert {"newton_schulz": r"\operatorname{orth}(g)", "row_rms": r"\text{row}",
-                "col_rms": r"\text{col}"}[name] in latex  # fmt: skip
+        assert {
+            "newton_schulz": r"\operatorname{orth}(g)",
+            "row_rms": r"\text{row}",
+            "col_rms": r"\text{col}",
+            "is_matrix": r"\operatorname{mat}(g)",
+        }[name] in latex
         assert r"\operatorname{orth}" in export_markdown(program).split("$$")[0]
         for form in (parse_latex(latex), parse_table(export_markdown(program))):
             for key in SHAPES:
@@ -196,6 +215,7 @@ def test_printed_formulas_read_back_on_every_shape():
                 got, _ = run_form(form, w, grad, np.float32(0.1), np.float32(1.0), {})
                 np.testing.assert_allclose(got, want, rtol=1e-6, err_msg=f"{name} {key}")
     assert check_formula(get_program("muon"), steps=50).ok
+    assert check_formula(get_program("muon_adam"), steps=50).ok
 
 
 def test_mutation_inserts_matrix_ops_only_when_configured_on():
@@ -243,6 +263,6 @@ def test_learning_rate_probe_sees_through_the_matrix_ops():
 
 
 def test_op_ids_of_the_matrix_ops_follow_the_old_table():
-    assert [OPS[name].id for name in MATRIX_OPS] == [46, 47, 48]
+    assert [OPS[name].id for name in MATRIX_OPS] == [46, 47, 48, 49]
     assert all(OPS[name].reduces for name in MATRIX_OPS)
     assert WHOLE.per_tensor(jnp.negative, jnp.ones(2)).tolist() == [-1.0, -1.0]

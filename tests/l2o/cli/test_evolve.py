@@ -87,7 +87,9 @@ def test_resume_after_sigkill_and_a_torn_checkpoint_is_bit_identical(tmp_path, c
     assert metadata["config"]["population_size"] == 24 and metadata["seed"] == 0
     ratio = metadata["adamw_lr_ratio"]  # measured on the proxy and funnel tasks
     assert [row["suite"] for row in ratio["tasks"]] == ["proxy", "funnel"]
-    assert metadata["learning_rate"] == pytest.approx(ratio["median"] * ratio["reference_adamw_lr"])
+    default = ratio["default"]  # the grid point within 10% of the tuned loss on the most tasks
+    assert metadata["learning_rate"] == default["learning_rate"]
+    assert default["tasks"] == 2 and 1 <= default["within_tolerance"] <= 2
     assert program == program.without_dead_code()
     search.load_rule(whole / "best_rule.json")
     assert list(whole.glob("events.out.tfevents.*"))
