@@ -59,6 +59,16 @@ MAX_NODES = 100_000
 """Run files are small; more nodes than this (with aliases expanded) is refused."""
 
 
+def pick_entries(configured: Any, names: str) -> list[Any]:
+    """The entries a comma-separated `--tasks`/`--optimizers` flag names: a name that is the
+    `label` of an entry of the config's list `configured` is that entry (options, schedule and
+    all), any other name is itself (a registered name or a file)."""
+    by_label = {}
+    if isinstance(configured, list):
+        by_label = {e["label"]: e for e in configured if isinstance(e, dict) and "label" in e}
+    return [by_label.get(name, name) for name in names.split(",") if name]
+
+
 def _check_size(data: Any, where: str) -> None:
     """UserError for a document that refers to itself or, with its aliases expanded, has more
     than MAX_NODES nodes (a "billion laughs" file)."""

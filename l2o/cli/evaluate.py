@@ -11,7 +11,7 @@ from typing import Any
 from rich.progress import Progress
 
 from l2o.cli.builders import versions
-from l2o.cli.config import load_yaml, parse_suite
+from l2o.cli.config import load_yaml, parse_suite, pick_entries
 from l2o.cli.distributed import is_writer, on_writer
 from l2o.cli.pair_files import PairFiles
 from l2o.cli.progress import progress_bar
@@ -29,9 +29,9 @@ def suite_from_flags(
     """The Suite of a config file and/or flags (flags win); validated before any work."""
     data = load_yaml(config) if config else {}
     if tasks:
-        data["tasks"] = [t for t in tasks.split(",") if t]
+        data["tasks"] = pick_entries(data.get("tasks"), tasks)
     if optimizers:
-        data["optimizers"] = [o for o in optimizers.split(",") if o]
+        data["optimizers"] = pick_entries(data.get("optimizers"), optimizers)
     for key, value in overrides.items():
         if key == "lr_grid" and isinstance(data.get(key), dict):
             data[key] = {**data[key], **value}  # flags set some grid keys, the config the rest

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from l2o.cli.builders import build_spec_task, versions
-from l2o.cli.config import _mapping, check_keys, load_yaml, number, parse_suite
+from l2o.cli.config import _mapping, check_keys, load_yaml, number, parse_suite, pick_entries
 from l2o.cli.progress import progress_bar
 from l2o.cli.resources import Call, check_memory, run_bytes, run_values
 from l2o.cli.run_folder import claim, lock
@@ -385,7 +385,7 @@ def protocol_from_flags(config: Path, optimizers: str | None) -> Protocol:
     """The Protocol of a config file, its optimizers replaced by `--optimizers` if given."""
     data = load_yaml(config)
     if optimizers:
-        data["optimizers"] = [o for o in optimizers.split(",") if o]
+        data["optimizers"] = pick_entries(data.get("optimizers"), optimizers)
     return parse_protocol(data, str(config))
 
 

@@ -166,3 +166,24 @@ def test_version_and_every_subcommand_describes_itself_and_its_defaults(capsys):
     for name, sub in action.choices.items():
         assert sub.description and "\n" not in sub.description, name
     assert "(default: 1000)" in " ".join(action.choices["train"].format_help().split())
+
+
+def test_flags_pick_a_config_entry_by_its_label(tmp_path):
+    """`--tasks`/`--optimizers` naming a label of the config take that entry, options included;
+    other names stay names (here a registered optimizer)."""
+    from l2o.cli.evaluate import suite_from_flags
+    from l2o.cli.protocol import protocol_from_flags
+
+    config = tmp_path / "suite.yaml"
+    config.write_text(
+        "tasks: [rosenbrock, {name: quadratic_k10000, label: wide_q, options: {dim: 7}}]\n"
+        "optimizers: [adam, {name: nadamw, label: nadamw_cosine, schedule: warmup_cosine}]\n"
+    )
+    suite = suite_from_flags(config, "wide_q", "nadamw_cosine,sgd", {})
+    (task,) = suite.tasks
+    assert (task.name, task.label, task.options) == ("quadratic_k10000", "wide_q", {"dim": 7})
+    assert [(o.name, o.schedule) for o in suite.optimizers] == [
+        ("nadamw", "warmup_cosine"), ("sgd", "constant")]  # fmt: skip
+    protocol = protocol_from_flags("configs/protocol_cpu.yaml", "adamw,nadamw_cosine")
+    assert [o.key for o in protocol.suite.optimizers] == ["adamw", "nadamw_cosine"]
+    assert protocol.suite.optimizers[1].schedule == "warmup_cosine"
