@@ -159,9 +159,6 @@ def best_single_learning_rate(
 
 
 def calibrated_learning_rate(ratio: Mapping[str, Any]) -> float:
-    """The default learning rate a measured ratio gives: its `default` (`best_single_learning_rate`
-    over its tasks) when it has one, else its median times the reference's median tuned learning
-    rate on the same tasks."""
-    if "default" in ratio:
-        return float(ratio["default"]["learning_rate"])
-    return float(ratio["median"] * ratio["reference_adamw_lr"])
+    """The default learning rate a measured ratio gives: its `default`, `best_single_learning_rate`
+    over its tasks."""
+    return float(ratio["default"]["learning_rate"])

@@ -58,9 +58,7 @@ def measure_transfer(program, run: EvolveRun, *, show: bool = True) -> dict[str,
 
 def serves(ratio: dict[str, Any]) -> str:
     """How many of the measured tasks the default learning rate serves, as a clause."""
-    default = ratio.get("default")
-    if default is None:
-        return ""
+    default = ratio["default"]
     return (f", within {default['tolerance']:.0%} of the tuned loss on "
             f"{default['within_tolerance']} of {default['tasks']} tasks")  # fmt: skip
 
