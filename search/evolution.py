@@ -113,6 +113,10 @@ class EvolutionConfig:
       loss_floor: losses are floored here before taking logs.
       max_improvement: a task's log-loss ratio counts down to `-max_improvement` at most, so
         that no single task (such as a quadratic solved to 1e-9) dominates the mean.
+      lr_window: a program's loss at a grid learning rate is its worst over the `lr_window`
+        grid points either side too (`worst_in_window`), and the tuned loss the least of those:
+        a rule scores where a range of learning rates works, not at one lucky point (0: the
+        plain minimum over the grid). The reference is tuned the same way.
       simplify: prune the accepted program in `finish` (`search.simplify`); the pruned rule
         replaces it if it passes the funnel at least as well.
       mutation: limits and rates of the mutations.
@@ -131,6 +135,7 @@ class EvolutionConfig:
     funnel_tolerance: float = 0.0
     loss_floor: float = 1e-6
     max_improvement: float = math.inf
+    lr_window: int = 0
     simplify: bool = True
     mutation: MutationConfig = dataclasses.field(default_factory=MutationConfig)
 
@@ -139,7 +144,8 @@ class EvolutionConfig:
         sizes = {"population_size": (2, 100_000), "tournament_size": (1, self.population_size),
                  "batch_size": (1, self.population_size), "warm_start_mutations": (1, 1000),
                  "random_programs": (0, self.population_size), "restart_after": (0, 10**9),
-                 "funnel_every": (0, 10**9), "funnel_top_k": (1, 1000)}  # fmt: skip
+                 "funnel_every": (0, 10**9), "funnel_top_k": (1, 1000),
+                 "lr_window": (0, 1000)}  # fmt: skip
         for name, (low, high) in sizes.items():
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
@@ -169,6 +175,18 @@ class Evolution(NamedTuple):
     finish: Callable[[State], tuple[State, Metrics]]
     evaluate: Callable[[State, Sequence[Program]], tuple[State, list[dict], Metrics]]
     validate: Callable[[State, Suite, int], dict[str, Any]]
+
+
+def worst_in_window(losses: np.ndarray, half_width: int) -> np.ndarray:
+    """`out[..., i] = max(losses[..., i - half_width : i + half_width + 1])` over the last axis
+    (a learning-rate grid), the window cut at the grid's ends."""
+    out = losses
+    for shift in range(1, half_width + 1):
+        if shift >= losses.shape[-1]:
+            break
+        out = np.maximum(out, np.concatenate([losses[..., shift:], losses[..., -shift:]], -1))
+        out = np.maximum(out, np.concatenate([losses[..., :shift], losses[..., :-shift]], -1))
+    return out
 
 
 def _key_data(key: jax.Array) -> list[int]:
@@ -224,7 +242,7 @@ def make_evolution(
 
     def tuned_losses(suite: Suite, programs: list[Program], size: int):
         """Tuned loss and best learning-rate index `[len(programs), tasks]`, in calls of `size`
-        programs (padded) per task."""
+        programs (padded) per task; with `lr_window`, the loss is the window's worst."""
         losses, index = [], []
         lrs, seeds = np.asarray(suite.learning_rates, np.float32), np.asarray(suite.seeds)
         for start in range(0, len(programs), size):
@@ -235,7 +253,7 @@ def make_evolution(
                 out = population_losses(task, encoded, lrs, seeds, suite.num_steps)
                 mean = np.asarray(out["valid_loss"]).mean(-1)  # the padded shape: no retrace
                 per_task.append(np.asarray(penalize_nonfinite(mean), np.float64)[: len(chunk)])
-            stacked = np.stack(per_task, axis=1)  # [chunk, tasks, lrs]
+            stacked = worst_in_window(np.stack(per_task, axis=1), config.lr_window)
             losses.append(stacked.min(-1))
             index.append(stacked.argmin(-1))
         return np.concatenate(losses), np.concatenate(index)

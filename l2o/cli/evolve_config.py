@@ -13,7 +13,8 @@ from l2o.io import UserError
 
 TOP_KEYS = {"seed", "generations", "population_size", "tournament_size", "batch_size",
             "warm_starts", "warm_start_mutations", "random_programs", "reference",
-            "restart_after", "checkpoint_every", "loss_floor", "max_improvement", "simplify",
+            "restart_after", "checkpoint_every", "loss_floor", "max_improvement", "lr_window",
+            "simplify",
             "mutation", "proxy", "funnel", "validity", "lr_transfer"}  # fmt: skip
 MUTATION_KEYS = {"max_instructions", "max_state", "ops", "matrix_ops", "weights", "const_sigma",
                  "flip_probability", "max_tries", "num_registers"}  # fmt: skip
@@ -215,6 +216,7 @@ def parse_evolve_run(data: dict, where: str = "config") -> EvolveRun:
             ),
             loss_floor=number(data.get("loss_floor", 1e-6), f"{where}.loss_floor"),
             max_improvement=max_improvement,
+            lr_window=_int(data, "lr_window", 0, where, positive=False, high=1001),
             simplify=_bool(data, "simplify", True, where),
             mutation=mconfig,
         )

@@ -21,6 +21,7 @@ from search.evolution import (
     Suite,
     best_program,
     make_evolution,
+    worst_in_window,
 )
 from search.learning_rate import ignores_learning_rate
 from search.mutation import MutationConfig
@@ -210,7 +211,8 @@ def test_nothing_passes_an_impossible_funnel():
 @pytest.mark.parametrize(
     "changes, message",
     [({"batch_size": 25}, "batch_size"), ({"tournament_size": 0}, "tournament_size"),
-     ({"warm_starts": ()}, "random_programs"), ({"loss_floor": 0.0}, "loss_floor")],
+     ({"warm_starts": ()}, "random_programs"), ({"loss_floor": 0.0}, "loss_floor"),
+     ({"lr_window": -1}, "lr_window")],
 )  # fmt: skip
 def test_bad_evolution_configs_raise(changes, message):
     with pytest.raises(ValueError, match=message):
@@ -235,3 +237,22 @@ def test_validity_on_the_proxy_itself_ranks_as_the_proxy_and_spreads_over_the_po
     assert other["spearman"] is None or -1 <= other["spearman"] <= 1
     assert set(other["spearman_per_task"]) == {"quadratic"}
     assert json.loads(json.dumps(other)) == other
+
+
+@pytest.mark.parametrize("half_width", [0, 1, 2, 7])
+def test_worst_in_window_is_the_max_over_the_cut_window(half_width):
+    losses = np.random.default_rng(half_width).lognormal(size=(3, 2, 6))
+    want = np.stack([losses[..., max(0, i - half_width) : i + half_width + 1].max(-1)
+                     for i in range(6)], -1)  # fmt: skip
+    np.testing.assert_array_equal(worst_in_window(losses, half_width), want)
+
+
+def test_a_window_tunes_the_reference_at_its_worst_neighbour():
+    """SGD on the quadratic only gets better from lr 1e-4 to 1e-3 in 20 steps: over a window of
+    one point either side, both grid points score the loss at 1e-4."""
+    windowed = make_evolution(dataclasses.replace(CONFIG, lr_window=1), PROXY)
+    small = make_evolution(CONFIG, dataclasses.replace(PROXY, learning_rates=(1e-4,)))
+    plain = EVOLUTION.init(jax.random.key(0))[0]["reference"]["proxy"]["losses"]
+    worst = windowed.init(jax.random.key(0))[0]["reference"]["proxy"]["losses"]
+    at_small = small.init(jax.random.key(0))[0]["reference"]["proxy"]["losses"]
+    assert worst == pytest.approx(at_small, rel=1e-6) and worst[0] > 1.5 * plain[0]

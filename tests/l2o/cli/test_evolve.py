@@ -121,6 +121,7 @@ BAD = {
     "warm_starts: sgd\nproxy: {tasks: [rosenbrock]}\n": "must be a list",
     "proxy: {tasks: [rosenbrock], seeds: 5000}\n": "seeds",
     HEAD + "seed: -1\n": "seed",
+    HEAD + "lr_window: -1\n": "lr_window",
 }
 
 
