@@ -2,8 +2,9 @@
 Discovery of Optimization Algorithms", start their search from AdamW).
 
 Each factory returns a `Program` equal to the optax optimizer of the same name, or for `muon`,
-`muon_adam` and `adafactor` to `baselines`' (the tests compare them); the learning rate is the
-program's input `lr`, the hyperparameters are constants. An EMA `b m + (1 - b) g` is written
+`muon_adam` and `adafactor` to `baselines`', and `muon_adam_rms` and `orthogonal_adam` to their
+formulas (the tests compare them); the learning rate is the program's input `lr`, the
+hyperparameters are constants. An EMA `b m + (1 - b) g` is written
 `interp_c(m, g; 1 - b)`: constants are float32, and storing the small rate `1 - b` keeps both
 weights as exact as optax's (float32 `b = 0.999` is off by 1e-8, which is 1e-5 of `1 - b`).
 """
@@ -134,6 +135,47 @@ def muon_adam(
     return Program(body, update=R1, new_state=(S1, S2))
 
 
+MATCHED_RMS = 0.2
+"""The entry RMS that `muon_adam_rms` and `orthogonal_adam` give an orthogonalized matrix step,
+about AdamW's (Liu et al. 2025, "Muon is Scalable for LLM Training"), so that one learning rate
+serves the matrices and the vectors, and AdamW's serves both."""
+
+
+def _matched_matrix_step(direction: int, vector_step: int) -> tuple[Instruction, ...]:
+    """R1 = `MATCHED_RMS normalize(newton_schulz(direction))` on a matrix, `vector_step` on a
+    vector or scalar."""
+    return (
+        _i("newton_schulz", R2, direction),
+        _i("normalize", R2, R2),
+        _i("scale_c", R2, R2, c=MATCHED_RMS),
+        _i("is_matrix", R3, G),
+        _i("select", R1, R3, R2, vector_step),
+    )
+
+
+def muon_adam_rms(beta: float = 0.95, b2: float = 0.999, eps: float = 1e-8) -> Program:
+    """`muon_adam` with the matrix step rescaled to AdamW's size: `u = lr 0.2 O / rms(O)`, `O` the
+    Newton-Schulz orthogonalization of the Nesterov momentum `beta m + (1 - beta) g`, on a
+    matrix; Adam's `lr m_hat / (sqrt(v_hat) + eps)` on a vector or scalar (Liu et al. 2025's
+    Muon with one learning rate for both)."""
+    body = (
+        *_adam_direction(beta, b2, eps),
+        _i("interp_c", R2, S1, G, c=_rate(beta)),
+        *_matched_matrix_step(R2, R1),
+        _i("mul", R1, LR, R1),
+    )
+    return Program(body, update=R1, new_state=(S1, S2))
+
+
+def orthogonal_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Program:
+    """Adam's direction `d = m_hat / (sqrt(v_hat) + eps)`, orthogonalized on a matrix: `u = lr
+    0.2 O / rms(O)`, `O` the Newton-Schulz orthogonalization of `d`; `u = lr d` on a vector or
+    scalar: the direction of `l2o.optimizers.celo` without its learned network, at AdamW's step
+    size."""
+    body = (*_adam_direction(b1, b2, eps), *_matched_matrix_step(R1, R1), _i("mul", R1, LR, R1))
+    return Program(body, update=R1, new_state=(S1, S2))
+
+
 def adafactor(decay_rate: float = 0.8, eps: float = 1e-30, eps_scale: float = 1e-3) -> Program:
     """Adafactor as `baselines.adafactor` with its defaults (factored, update clipping at 1,
     relative step sizes, no momentum): `R`, `C` EMAs of the row and column means of `g^2 + eps`
@@ -180,6 +222,8 @@ PROGRAMS: dict[str, Callable[..., Program]] = {
     "lion": lion,
     "muon": muon,
     "muon_adam": muon_adam,
+    "muon_adam_rms": muon_adam_rms,
+    "orthogonal_adam": orthogonal_adam,
     "adafactor": adafactor,
 }
 

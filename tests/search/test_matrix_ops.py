@@ -1,7 +1,7 @@
 """The matrix ops (`newton_schulz`, `row_rms`, `col_rms`, `is_matrix`) against NumPy transcriptions
 on matrices, larger tensors, vectors and scalars, in both interpreters; the muon, muon_adam and
-adafactor programs against `baselines`; their exports, printed formulas, mutations, fingerprints
-and learning-rate probes."""
+adafactor programs against `baselines`, muon_adam_rms and orthogonal_adam against their formulas;
+their exports, printed formulas, mutations, fingerprints and learning-rate probes."""
 
 from __future__ import annotations
 
@@ -144,6 +144,41 @@ def test_muon_adam_program_is_baselines_muon_with_adam_for_vectors():
         assert np.array_equal(got[key], plain_muon[key]) == (len(SHAPES[key]) >= 2), key
 
 
+def rms_matched_reference(name: str, params: dict[str, np.ndarray], lr: float, steps: int = 8):
+    """`muon_adam_rms` / `orthogonal_adam` written out in float64 on the gradients of `run`: Adam
+    on vectors; on matrices `0.2 O / rms(O)`, `O` the orthogonalized Nesterov momentum (muon) or
+    Adam direction (orthogonal)."""
+    b1, b2, eps = (0.95 if name == "muon_adam_rms" else 0.9), 0.999, 1e-8
+    p = {k: v.astype(np.float64) for k, v in params.items()}
+    m = {k: np.zeros_like(v) for k, v in p.items()}
+    v = {k: np.zeros_like(x) for k, x in p.items()}
+    for t in range(steps):
+        for k in p:
+            g = np.sin(3 * p[k] + t)
+            m[k] = b1 * m[k] + (1 - b1) * g
+            v[k] = b2 * v[k] + (1 - b2) * g * g
+            d = m[k] / (1 - b1 ** (t + 1)) / (np.sqrt(v[k] / (1 - b2 ** (t + 1))) + eps)
+            if p[k].ndim >= 2:
+                source = b1 * m[k] + (1 - b1) * g if name == "muon_adam_rms" else d
+                o = reference("newton_schulz", source)
+                d = 0.2 * o / np.sqrt(np.mean(o * o))
+            p[k] = p[k] - lr * d
+    return p
+
+
+@pytest.mark.parametrize("name", ["muon_adam_rms", "orthogonal_adam"])
+def test_rms_matched_programs_match_their_formulas(name):
+    params = tensors(7)
+    got = run(program_transform(get_program(name), 0.01), jax.tree.map(jnp.asarray, params))
+    want = rms_matched_reference(name, params, 0.01)
+    one_step = run(program_transform(get_program(name), 0.01), params, steps=1)
+    for key, x in params.items():
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-6, err_msg=key)
+        if x.ndim >= 2:  # every matrix moves by 0.2 lr in RMS, whatever its shape
+            rms = np.sqrt(np.mean(np.square(np.asarray(one_step[key]) - x)))
+            assert rms == pytest.approx(0.2 * 0.01, rel=1e-4), key
+
+
 def test_adafactor_program_is_baselines_adafactor():
     params = {k: jnp.asarray(v) for k, v in tensors(4).items() if k != "kernel"}
     want = run(adafactor(1e-2), params)  # factors the last two axes: a kernel would differ
@@ -160,7 +195,9 @@ def load(source: str, path, name: str):
     return module
 
 
-@pytest.mark.parametrize("name", ["muon", "muon_adam", "adafactor"])
+@pytest.mark.parametrize(
+    "name", ["muon", "muon_adam", "muon_adam_rms", "orthogonal_adam", "adafactor"]
+)
 def test_python_export_matches_the_interpreter_on_every_shape(tmp_path, name):
     params = {k: jnp.asarray(v) for k, v in tensors(5).items()}
     program = get_program(name)
