@@ -40,6 +40,7 @@ from baselines.layerwise import lamb, lars, scale_by_lars, scale_by_trust_ratio
 from baselines.lion import LionState, lion, scale_by_lion
 from baselines.muon import MuonState, muon, newton_schulz, scale_by_muon
 from baselines.newton import LbfgsState, lbfgs, newton, scale_by_lbfgs, scale_by_newton
+from baselines.orthogonal_adam import orthogonal_adam, scale_to_matched_rms
 from baselines.prodigy import ProdigyState, prodigy, scale_by_prodigy
 from baselines.registry import OPTIMIZERS, get_optimizer, list_optimizers, optimizer_hparams
 from baselines.schedule_free import (
@@ -126,9 +127,11 @@ __all__ = [
     "muon",
     "nadamw",
     "newton_schulz",
+    "orthogonal_adam",
     "prodigy",
     "scale_by_adafactor",
     "scale_by_muon",
+    "scale_to_matched_rms",
     "scale_by_prodigy",
     "schedule_free",
     "schedule_free_adamw",

@@ -16,6 +16,7 @@ from baselines.layerwise import lamb, lars
 from baselines.lion import lion
 from baselines.muon import muon
 from baselines.newton import lbfgs, newton
+from baselines.orthogonal_adam import orthogonal_adam
 from baselines.prodigy import prodigy
 from baselines.schedule_free import schedule_free_adamw
 from baselines.sgd import momentum, nesterov, sgd
@@ -43,6 +44,7 @@ OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformationExtraArgs]] = {
     "lion": lion,
     "nadamw": nadamw,
     "muon": muon,
+    "orthogonal_adam": orthogonal_adam,
     "schedule_free_adamw": schedule_free_adamw,
     "adafactor": adafactor,
     "prodigy": prodigy,

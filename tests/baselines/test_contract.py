@@ -41,6 +41,7 @@ LEARNING_RATES = {
     "lion": (2e-3, 1e-3),
     "nadamw": (1e-2, 1e-2),
     "muon": (1e-2, 1e-2),  # both problems are vectors: Muon's AdamW part does all the work
+    "orthogonal_adam": (1e-2, 1e-2),  # vectors again: Adam's step
     "schedule_free_adamw": (1e-2, 1e-2),
     "adafactor": (3e-3, 3e-3),  # relative steps: about 3e-3 ||x||_rms per step
     # A multiplier of the adapted step. At a constant 1.0 Prodigy keeps bouncing in Rosenbrock's

@@ -1,7 +1,8 @@
 """The matrix ops (`newton_schulz`, `row_rms`, `col_rms`, `is_matrix`) against NumPy transcriptions
 on matrices, larger tensors, vectors and scalars, in both interpreters; the muon, muon_adam and
-adafactor programs against `baselines`, muon_adam_rms and orthogonal_adam against their formulas;
-their exports, printed formulas, mutations, fingerprints and learning-rate probes."""
+adafactor programs against `baselines`, muon_adam_rms and orthogonal_adam against their formulas
+(and orthogonal_adam against `baselines`); their exports, printed formulas, mutations,
+fingerprints and learning-rate probes."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 
 from baselines.adafactor import adafactor
 from baselines.muon import NS_COEFFS, muon
+from baselines.orthogonal_adam import orthogonal_adam
 from search.canonical import behaviour_fingerprints, structural_hash
 from search.encoding import encode_population
 from search.export import export_latex, export_markdown, export_python, export_torch
@@ -177,6 +179,14 @@ def test_rms_matched_programs_match_their_formulas(name):
         if x.ndim >= 2:  # every matrix moves by 0.2 lr in RMS, whatever its shape
             rms = np.sqrt(np.mean(np.square(np.asarray(one_step[key]) - x)))
             assert rms == pytest.approx(0.2 * 0.01, rel=1e-4), key
+
+
+def test_orthogonal_adam_program_is_baselines_orthogonal_adam():
+    params = {k: jnp.asarray(v) for k, v in tensors(8).items()}
+    want = run(orthogonal_adam(0.01), params)
+    got = run(program_transform(get_program("orthogonal_adam"), 0.01), params)
+    for key in params:
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-6, atol=1e-6, err_msg=key)
 
 
 def test_adafactor_program_is_baselines_adafactor():
