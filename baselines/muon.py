@@ -66,7 +66,7 @@ def newton_schulz(
     return X if wide else X.T
 
 
-def _orthogonalised(update: jax.Array, ns_coeffs, ns_steps: int, eps: float) -> jax.Array:
+def orthogonalised(update: jax.Array, ns_coeffs, ns_steps: int, eps: float) -> jax.Array:
     """`newton_schulz` of a leaf seen as a (fan_in, fan_out) matrix (leading axes folded into
     fan_in), times `sqrt(max(1, fan_out / fan_in))`, in at least float32."""
     if update.ndim < 2:
@@ -100,7 +100,7 @@ def scale_by_muon(
             mu_hat = jax.tree.map(lambda m, g: beta * m + (1 - beta) * g, mu, updates)
         else:
             mu_hat = mu
-        updates = jax.tree.map(lambda m: _orthogonalised(m, ns_coeffs, ns_steps, eps), mu_hat)
+        updates = jax.tree.map(lambda m: orthogonalised(m, ns_coeffs, ns_steps, eps), mu_hat)
         return updates, MuonState(mu=optax.tree.cast_like(mu, state.mu))
 
     return optax.GradientTransformation(init_fn, update_fn)

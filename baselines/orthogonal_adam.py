@@ -3,31 +3,27 @@ rescaled to AdamW's step size, so one learning rate (AdamW's) serves matrices an
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 import optax
 
 from baselines.adam import scale_by_adam
-from baselines.muon import NS_COEFFS, newton_schulz
+from baselines.muon import NS_COEFFS, orthogonalised
 
 
 def scale_to_matched_rms(
     rms: float = 0.2, ns_steps: int = 5, eps: float = 1e-7
 ) -> optax.GradientTransformation:
-    """`rms O / rms(O)` on each leaf of two or more axes, `O` the `newton_schulz` of the leaf seen
-    as a `(prod of leading axes) x last axis` matrix; other leaves pass unchanged. Stateless."""
+    """`rms O / rms(O)` on each leaf of two or more axes, `O` Muon's orthogonalization of the leaf
+    (`baselines.muon.orthogonalised`); other leaves pass unchanged. Stateless."""
 
     def orthogonalize(u: jax.Array) -> jax.Array:
         if u.ndim < 2:
             return u
-        x = u.reshape(math.prod(u.shape[:-1]), u.shape[-1])
-        o = newton_schulz(
-            x.astype(jnp.promote_types(u.dtype, jnp.float32)), NS_COEFFS, ns_steps, eps
+        o = orthogonalised(u, NS_COEFFS, ns_steps, eps).astype(
+            jnp.promote_types(u.dtype, jnp.float32)
         )
-        o = rms * o / (jnp.sqrt(jnp.mean(jnp.square(o))) + 1e-30)
-        return o.reshape(u.shape).astype(u.dtype)
+        return (rms * o / (jnp.sqrt(jnp.mean(jnp.square(o))) + 1e-30)).astype(u.dtype)
 
     def update_fn(updates, state, params=None):
         del params
