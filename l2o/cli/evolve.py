@@ -160,6 +160,8 @@ def _rule_metadata(run: EvolveRun, data: dict, state: dict) -> tuple[Any, dict]:
         "fitness": proxy_record["fitness"],
         "passed_funnel": passed,
         "reference": run.reference,
+        # with a window, each tuned loss is the worst over `lr_window` grid points either side
+        "lr_window": run.config.lr_window,
         "proxy": {
             "tasks": list(run.proxy.names),
             "steps": run.proxy.num_steps,

@@ -85,6 +85,7 @@ def test_resume_after_sigkill_and_a_torn_checkpoint_is_bit_identical(tmp_path, c
     assert metadata["passed_funnel"] and metadata["fitness"] < -0.5
     assert metadata["funnel"]["fitness"] <= 0 and set(metadata["rediscovery"]) >= {"sgd", "lion"}
     assert metadata["config"]["population_size"] == 24 and metadata["seed"] == 0
+    assert metadata["lr_window"] == metadata["config"].get("lr_window", 0)
     ratio = metadata["adamw_lr_ratio"]  # measured on the proxy and funnel tasks
     assert [row["suite"] for row in ratio["tasks"]] == ["proxy", "funnel"]
     default = ratio["default"]  # the grid point within 10% of the tuned loss on the most tasks
