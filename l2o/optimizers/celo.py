@@ -16,7 +16,7 @@ import optax
 
 from baselines.muon import NS_COEFFS, newton_schulz
 from l2o.optimizers import features
-from l2o.optimizers.mlp import apply_mlp, dense, init_mlp, training_fraction
+from l2o.optimizers.mlp import dense_channels, init_mlp, training_fraction
 
 Theta = dict[str, jax.Array]
 NUM_INPUTS = 10
@@ -95,23 +95,22 @@ def factored_rsqrt(nu: jax.Array, eps: float = 1e-20) -> jax.Array:
     return jax.lax.rsqrt(row * col / (jnp.mean(row) + eps) + eps).reshape(nu.shape)
 
 
-def element_inputs(g: jax.Array, mu: jax.Array, nu: jax.Array, count: jax.Array, decays):
-    """The `NUM_INPUTS` per-element channels `[C, *shape]`, each divided by its RMS over the
-    tensor: so the inputs do not change with the tensor's scale or size."""
+def element_channels(
+    g: jax.Array, mu: jax.Array, nu: jax.Array, count: jax.Array, decays
+) -> list[jax.Array]:
+    """The `NUM_INPUTS` per-element channels of a tensor, each of its shape: g, three momenta,
+    three Adam ratios, g / sqrt(nu), and g and the first momentum under the factored second
+    moment. The network reads each divided by its RMS over the tensor (`channel_scales`), so
+    the inputs do not change with the tensor's scale or size."""
     g = g.astype(jnp.float32)
     ratios = features.adam_direction(mu, nu, count, decays)
     factored = factored_rsqrt(nu)
-    x = jnp.concatenate(
-        [
-            g[None],
-            mu,
-            ratios,
-            (g * jax.lax.rsqrt(nu + 1e-16))[None],
-            (g * factored)[None],
-            (mu[0] * factored)[None],
-        ]
-    )
-    return features.tensor_rms_normalize(x)
+    return [g, *mu, *ratios, g * jax.lax.rsqrt(nu + 1e-16), g * factored, mu[0] * factored]
+
+
+def channel_scales(channels: list[jax.Array]) -> jax.Array:
+    """`1 / RMS` of each channel over its tensor: `[len(channels)]`."""
+    return jnp.stack([features.channel_scale(c[None])[0] for c in channels])
 
 
 def scheduler_inputs(loss: features.LossState, fraction: jax.Array) -> jax.Array:
@@ -124,7 +123,7 @@ def make_celo(
 ) -> tuple[Callable[[jax.Array], Theta], Callable[[Theta], optax.GradientTransformationExtraArgs]]:
     r"""The Celo2-style learned optimizer: `(init_theta, transform)`.
 
-    Per element of a tensor, the inputs :math:`x` (`element_inputs`: gradient, momenta at three
+    Per element of a tensor, the inputs :math:`x` (`element_channels`: gradient, momenta at three
     decays, Adam ratios, factored-second-moment gradient and momentum, each RMS-normalized over
     the tensor; the training fraction :math:`t/T` enters as 11 tanh embeddings) feed a small
     MLP whose output corrects the Adam direction; the result is RMS-normalized over the tensor:
@@ -217,11 +216,13 @@ def make_celo(
                 adam = features.adam_direction(mu[:1], nu, count, decays[:1])[0]
                 matrix = p.ndim >= 2 and not _is_embedding(path)
                 if matrix or not config.orthogonalize:
-                    x = element_inputs(g, mu, nu, count, decays)
-                    h0 = dense(x, w_first, first_bias)
-                    out = apply_mlp(theta, jax.nn.relu(h0), num_layers, start=1)
-                    out = h0 if num_layers == 1 else out
-                    d = adam + out[0]
+                    x = element_channels(g, mu, nu, count, decays)
+                    h = dense_channels(x, w_first * channel_scales(x)[:, None], first_bias)
+                    for i in range(1, num_layers):
+                        h = dense_channels(
+                            [jax.nn.relu(v) for v in h], theta[f"w{i}"], theta[f"b{i}"]
+                        )
+                    d = adam + h[0]
                     if config.normalize:
                         d = d * features.channel_scale(d[None])[0]
                     if matrix and config.orthogonalize:

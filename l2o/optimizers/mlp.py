@@ -62,6 +62,17 @@ def dense(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
     return out + features.channel_values(b, out.ndim - 1)
 
 
+def dense_channels(
+    xs: Sequence[jax.Array], w: jax.Array, b: jax.Array
+) -> list[jax.Array]:
+    """`dense` over channels held as separate arrays: `h_j = b_j + sum_i w_ij x_i`, elementwise.
+
+    For the few channels of a per-parameter network (8-10 in, 8 out) XLA fuses every layer into
+    one loop over the elements, while a matrix product with 8-row operands runs a pass over
+    memory per layer: about 3x faster on CPU for the layers of a 784 x 128 tensor."""
+    return [b[j] + sum(x * w[i, j] for i, x in enumerate(xs)) for j in range(w.shape[1])]
+
+
 def normal_blocks(key: jax.Array, shapes: Sequence[tuple[int, ...]]) -> list[jax.Array]:
     """Standard normal float32 arrays of the given shapes, cut from a single draw (one random
     kernel to compile however many weights there are)."""
