@@ -62,9 +62,7 @@ def dense(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
     return out + features.channel_values(b, out.ndim - 1)
 
 
-def dense_channels(
-    xs: Sequence[jax.Array], w: jax.Array, b: jax.Array
-) -> list[jax.Array]:
+def dense_channels(xs: Sequence[jax.Array], w: jax.Array, b: jax.Array) -> list[jax.Array]:
     """`dense` over channels held as separate arrays: `h_j = b_j + sum_i w_ij x_i`, elementwise.
 
     For the few channels of a per-parameter network (8-10 in, 8 out) XLA fuses every layer into
