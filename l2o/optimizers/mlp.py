@@ -63,18 +63,12 @@ def dense(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
 
 
 def dense_channels(xs: Sequence[jax.Array], w: jax.Array, b: jax.Array) -> list[jax.Array]:
-    """`dense` over input channels held as separate arrays: `h = b + sum_i w_i x_i` (`w_i` the
-    i-th row of `w`), returned as one array per output channel.
+    """`dense` over channels held as separate arrays: `h_j = b_j + sum_i w_ij x_i`, elementwise.
 
-    For the few channels of a per-parameter network (8-10) XLA fuses the features, the layer and
-    what follows into loops over the elements, where a matrix product with 8-row operands runs
-    a pass over memory per layer and the features are first written out: about 2.7x faster on
-    CPU for a 784 x 128 tensor."""
-    ndim = xs[0].ndim
-    h = features.channel_values(b, ndim) + sum(
-        x[None] * features.channel_values(w[i], ndim) for i, x in enumerate(xs)
-    )
-    return list(h)
+    For the few channels of a per-parameter network (8-10 in, 8 out) XLA fuses every layer into
+    one loop over the elements, while a matrix product with 8-row operands runs a pass over
+    memory per layer: about 3x faster on CPU for the layers of a 784 x 128 tensor."""
+    return [b[j] + sum(x * w[i, j] for i, x in enumerate(xs)) for j in range(w.shape[1])]
 
 
 def normal_blocks(key: jax.Array, shapes: Sequence[tuple[int, ...]]) -> list[jax.Array]:
