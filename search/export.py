@@ -399,9 +399,16 @@ def export_markdown(program: Program) -> str:
     )
     if any(line.inst.op in MATRIX_OPS for line in rule.lines):
         text += _MATRIX_NOTE
+    if any(line.inst.op == "cosine" for line in rule.lines):
+        text += _COSINE_NOTE
     return f"{text}$$\n{export_latex(program)}\n$$\n\n" + "\n".join(rows) + "\n"
 
 
+_COSINE_NOTE = (
+    "$\\cos(a, b) = \\langle a, b \\rangle / (\\lVert a \\rVert \\lVert b \\rVert)$ "
+    "over the whole tensor, and 0 where $a$ or $b$ is zero (as a state is at the first "
+    "step).\n\n"
+)
 _MATRIX_NOTE = (
     "Each tensor is read as an $r \\times n$ matrix: its leading axes folded into the $r$ rows, "
     "a vector as one row. $\\operatorname{orth}(x)$ is Muon's direction (Jordan et al. 2024), "

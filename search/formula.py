@@ -297,6 +297,12 @@ def _norm(x):
     return jnp.sqrt(jnp.sum(x * x))
 
 
+def _cosine(a, b):
+    """`<a, b> / (||a|| ||b||)`, 0 where `a` or `b` is zero (`export_markdown`'s definition)."""
+    norms = _norm(a) * _norm(b)
+    return jnp.where(norms > 0, jnp.sum(a * b) / jnp.where(norms > 0, norms, 1), 0)
+
+
 _MATH: dict[str, Callable[..., jax.Array]] = {
     "add": jnp.add, "sub": jnp.subtract, "mul": jnp.multiply, "div": jnp.divide,
     "neg": jnp.negative, "abs": jnp.abs, "sqrt": jnp.sqrt, "exp": jnp.exp, "log": jnp.log,
@@ -305,7 +311,7 @@ _MATH: dict[str, Callable[..., jax.Array]] = {
     "rms": lambda x: jnp.sqrt(jnp.mean(x * x)), "mean": jnp.mean,
     "size": lambda x: jnp.asarray(x.size, x.dtype), "sum": jnp.sum,
     "max_abs": lambda x: jnp.max(jnp.abs(x)), "dot": lambda a, b: jnp.sum(a * b), "norm": _norm,
-    "cos": lambda a, b: jnp.sum(a * b) / (_norm(a) * _norm(b)),
+    "cos": _cosine,
     "indicator": lambda x: (x > 0).astype(x.dtype),
     "select": lambda p, a, b: jnp.where(p > 0, a, b), "orth": orthogonalized,
     "row_rms": row_rms, "col_rms": col_rms, "mat": is_matrix,

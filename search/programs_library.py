@@ -176,6 +176,43 @@ def orthogonal_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Pr
     return Program(body, update=R1, new_state=(S1, S2))
 
 
+def _scratch_from(instructions: tuple[Instruction, ...], first: int) -> tuple[Instruction, ...]:
+    """`instructions` written for two state slots, with their scratch registers `R1, R2, ...`
+    moved to `first, first + 1, ...` (to make room for more slots)."""
+
+    def move(r: int) -> int:
+        return r - R1 + first if r >= R1 else r
+
+    return tuple(Instruction(x.op, move(x.out), tuple(map(move, x.args)), x.const)
+                 for x in instructions)  # fmt: skip
+
+
+def orthogonal_adam_hd(
+    kappa: float = 3e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8
+) -> Program:
+    """`orthogonal_adam` with a per-tensor step size adapted by multiplicative hypergradient
+    descent (Baydin et al. 2018, "Online Learning Rate Adaptation with Hypergradient
+    Descent"): `h <- clip(h + kappa cos(g, d_prev), -10, 10)`, `u = lr exp(h) d`, where `d` is
+    `orthogonal_adam`'s step before `lr` and `d_prev` the last one. The step grows while each
+    gradient still points along the last step and shrinks when they disagree, so the rule
+    needs less tuning of `lr` (h starts at 0: `lr` is the first step's size)."""
+    s3, s4 = NUM_FIXED + 2, NUM_FIXED + 3
+    d, c = NUM_FIXED + 4, NUM_FIXED + 5
+    direction = _scratch_from((*_adam_direction(b1, b2, eps), *_matched_matrix_step(R1, R1)), d)
+    body = (
+        *direction,
+        _i("cosine", c, G, s4),  # 0 at the first step (s4 = 0)
+        _i("scale_c", c, c, c=kappa),
+        _i("add", s3, s3, c),
+        _i("clip_c", s3, s3, c=10.0),
+        _i("copy", s4, d),
+        _i("exp", c, s3),
+        _i("mul", d, d, c),
+        _i("mul", d, LR, d),
+    )
+    return Program(body, update=d, new_state=(S1, S2, s3, s4))
+
+
 def adafactor(decay_rate: float = 0.8, eps: float = 1e-30, eps_scale: float = 1e-3) -> Program:
     """Adafactor as `baselines.adafactor` with its defaults (factored, update clipping at 1,
     relative step sizes, no momentum): `R`, `C` EMAs of the row and column means of `g^2 + eps`
@@ -224,6 +261,7 @@ PROGRAMS: dict[str, Callable[..., Program]] = {
     "muon_adam": muon_adam,
     "muon_adam_rms": muon_adam_rms,
     "orthogonal_adam": orthogonal_adam,
+    "orthogonal_adam_hd": orthogonal_adam_hd,
     "adafactor": adafactor,
 }
 

@@ -146,17 +146,25 @@ def test_muon_adam_program_is_baselines_muon_with_adam_for_vectors():
         assert np.array_equal(got[key], plain_muon[key]) == (len(SHAPES[key]) >= 2), key
 
 
-def rms_matched_reference(name: str, params: dict[str, np.ndarray], lr: float, steps: int = 8):
+def rms_matched_reference(
+    name: str, params: dict[str, np.ndarray], lr: float, steps: int = 8, kappa: float = 0.0
+):
     """`muon_adam_rms` / `orthogonal_adam` written out in float64 on the gradients of `run`: Adam
     on vectors; on matrices `0.2 O / rms(O)`, `O` the orthogonalized Nesterov momentum (muon) or
-    Adam direction (orthogonal)."""
+    Adam direction (orthogonal); with `kappa`, each tensor's step times `exp(h)`, `h` the sum of
+    `kappa cos(g, previous step)` (`orthogonal_adam_hd`)."""
     b1, b2, eps = (0.95 if name == "muon_adam_rms" else 0.9), 0.999, 1e-8
     p = {k: v.astype(np.float64) for k, v in params.items()}
     m = {k: np.zeros_like(v) for k, v in p.items()}
     v = {k: np.zeros_like(x) for k, x in p.items()}
+    h = {k: 0.0 for k in p}
+    last = {k: np.zeros_like(x) for k, x in p.items()}
     for t in range(steps):
         for k in p:
             g = np.sin(3 * p[k] + t)
+            if t:
+                cosine = np.sum(g * last[k]) / np.sqrt(np.sum(g * g) * np.sum(last[k] ** 2))
+                h[k] += kappa * cosine
             m[k] = b1 * m[k] + (1 - b1) * g
             v[k] = b2 * v[k] + (1 - b2) * g * g
             d = m[k] / (1 - b1 ** (t + 1)) / (np.sqrt(v[k] / (1 - b2 ** (t + 1))) + eps)
@@ -164,7 +172,8 @@ def rms_matched_reference(name: str, params: dict[str, np.ndarray], lr: float, s
                 source = b1 * m[k] + (1 - b1) * g if name == "muon_adam_rms" else d
                 o = reference("newton_schulz", source)
                 d = 0.2 * o / np.sqrt(np.mean(o * o))
-            p[k] = p[k] - lr * d
+            last[k] = d
+            p[k] = p[k] - lr * np.exp(h[k]) * d
     return p
 
 
@@ -179,6 +188,21 @@ def test_rms_matched_programs_match_their_formulas(name):
         if x.ndim >= 2:  # every matrix moves by 0.2 lr in RMS, whatever its shape
             rms = np.sqrt(np.mean(np.square(np.asarray(one_step[key]) - x)))
             assert rms == pytest.approx(0.2 * 0.01, rel=1e-4), key
+
+
+@pytest.mark.parametrize("kappa", [0.0, 0.3])
+def test_orthogonal_adam_hd_matches_its_formula(kappa):
+    """The hypergradient step sizes against the float64 formula; at `kappa = 0` the program is
+    `orthogonal_adam` to rounding, and at 0.3 its steps differ from it."""
+    params = tensors(9)
+    program = get_program("orthogonal_adam_hd", kappa=kappa)
+    got = run(program_transform(program, 0.01), jax.tree.map(jnp.asarray, params), steps=12)
+    want = rms_matched_reference("orthogonal_adam", params, 0.01, steps=12, kappa=kappa)
+    plain = run(program_transform(get_program("orthogonal_adam"), 0.01), params, steps=12)
+    for key in params:
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-6, err_msg=key)
+        apart = np.max(np.abs(np.asarray(got[key]) - np.asarray(plain[key])))
+        assert (apart < 1e-6) == (kappa == 0.0), (key, apart)
 
 
 def test_orthogonal_adam_program_is_baselines_orthogonal_adam():
@@ -206,7 +230,8 @@ def load(source: str, path, name: str):
 
 
 @pytest.mark.parametrize(
-    "name", ["muon", "muon_adam", "muon_adam_rms", "orthogonal_adam", "adafactor"]
+    "name",
+    ["muon", "muon_adam", "muon_adam_rms", "orthogonal_adam", "orthogonal_adam_hd", "adafactor"],
 )
 def test_python_export_matches_the_interpreter_on_every_shape(tmp_path, name):
     params = {k: jnp.asarray(v) for k, v in tensors(5).items()}
