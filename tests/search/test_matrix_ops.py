@@ -147,12 +147,18 @@ def test_muon_adam_program_is_baselines_muon_with_adam_for_vectors():
 
 
 def rms_matched_reference(
-    name: str, params: dict[str, np.ndarray], lr: float, steps: int = 8, kappa: float = 0.0
+    name: str,
+    params: dict[str, np.ndarray],
+    lr: float,
+    steps: int = 8,
+    kappa: float = 0.0,
+    omega: float = 1.0,
 ):
     """`muon_adam_rms` / `orthogonal_adam` written out in float64 on the gradients of `run`: Adam
     on vectors; on matrices `0.2 O / rms(O)`, `O` the orthogonalized Nesterov momentum (muon) or
     Adam direction (orthogonal); with `kappa`, each tensor's step times `exp(h)`, `h` the sum of
-    `kappa cos(g, previous step)` (`orthogonal_adam_hd`)."""
+    `kappa cos(g, previous step)`, and with `omega` a matrix's step `omega` times that plus `1 -
+    omega` times Adam's (`orthogonal_adam_hd`)."""
     b1, b2, eps = (0.95 if name == "muon_adam_rms" else 0.9), 0.999, 1e-8
     p = {k: v.astype(np.float64) for k, v in params.items()}
     m = {k: np.zeros_like(v) for k, v in p.items()}
@@ -171,7 +177,7 @@ def rms_matched_reference(
             if p[k].ndim >= 2:
                 source = b1 * m[k] + (1 - b1) * g if name == "muon_adam_rms" else d
                 o = reference("newton_schulz", source)
-                d = 0.2 * o / np.sqrt(np.mean(o * o))
+                d = omega * 0.2 * o / np.sqrt(np.mean(o * o)) + (1 - omega) * d
             last[k] = d
             p[k] = p[k] - lr * np.exp(h[k]) * d
     return p
@@ -190,14 +196,15 @@ def test_rms_matched_programs_match_their_formulas(name):
             assert rms == pytest.approx(0.2 * 0.01, rel=1e-4), key
 
 
-@pytest.mark.parametrize("kappa", [0.0, 0.3])
-def test_orthogonal_adam_hd_matches_its_formula(kappa):
-    """The hypergradient step sizes against the float64 formula; at `kappa = 0` the program is
-    `orthogonal_adam` to rounding, and at 0.3 its steps differ from it."""
+@pytest.mark.parametrize("kappa, omega", [(0.0, 1.0), (0.3, 1.0), (0.3, 0.5)])
+def test_orthogonal_adam_hd_matches_its_formula(kappa, omega):
+    """The hypergradient step sizes and the blend of orthogonalized and Adam steps against the
+    float64 formula; at `kappa = 0` the program is `orthogonal_adam` to rounding, otherwise its
+    steps differ from it."""
     params = tensors(9)
-    program = get_program("orthogonal_adam_hd", kappa=kappa)
+    program = get_program("orthogonal_adam_hd", kappa=kappa, omega=omega)
     got = run(program_transform(program, 0.01), jax.tree.map(jnp.asarray, params), steps=12)
-    want = rms_matched_reference("orthogonal_adam", params, 0.01, steps=12, kappa=kappa)
+    want = rms_matched_reference("orthogonal_adam", params, 0.01, 12, kappa, omega)
     plain = run(program_transform(get_program("orthogonal_adam"), 0.01), params, steps=12)
     for key in params:
         np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-6, err_msg=key)
