@@ -23,6 +23,7 @@ from search.program import NUM_FIXED, Program
 from search.programs_library import PROGRAMS, get_program
 
 CONFIG = MutationConfig(max_instructions=24, max_state=2)
+WIDE = MutationConfig(max_instructions=32, max_state=4)  # room for orthogonal_adam_hd
 ONE_SLOT = MutationConfig(max_instructions=16, max_state=1)
 
 
@@ -87,15 +88,19 @@ def _diff(a: Program, b: Program) -> list[int]:
 @pytest.mark.parametrize("name", sorted(PROGRAMS))
 def test_each_kind_changes_what_it_says(name):
     parent = get_program(name)
+    fits = (
+        len(parent.instructions) < CONFIG.max_instructions and parent.num_state <= CONFIG.max_state
+    )
+    config = CONFIG if fits else WIDE
     for seed in range(5):
         for kind in KINDS:
             if kind == "constant" and not any(OPS[i.op].uses_const for i in parent.instructions):
                 continue
             if kind == "remove_state" and parent.num_state == 0:
                 continue
-            if kind == "add_state" and parent.num_state == CONFIG.max_state:
+            if kind == "add_state" and parent.num_state == config.max_state:
                 continue
-            m = mutate(jax.random.key(seed), parent, CONFIG, kind=kind)
+            m = mutate(jax.random.key(seed), parent, config, kind=kind)
             child, n = m.program, len(parent.instructions)
             if kind == "delete" and n == 1:  # sgd needs its one instruction: another kind runs
                 assert m.kind not in ("delete", "none") and child != parent

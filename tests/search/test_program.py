@@ -139,10 +139,10 @@ def test_encoding_splits_scalar_prologue_from_tensor_body():
     with pytest.raises(ValueError, match="max_len is 8"):
         encode(program, max_len=8)
     population = encode_population([get_program(n) for n in PROGRAMS])
-    # adafactor's 21 body instructions, rounded up to a multiple of 4
+    # adafactor's 21 body instructions, rounded up to a multiple of 4; orthogonal_adam_hd's 4 slots
     assert population.body_ops.shape == (len(PROGRAMS), 24)
-    assert population.outputs.shape == (len(PROGRAMS), 3)
-    assert population.num_state == 2 and population.max_len == 24
+    assert population.outputs.shape == (len(PROGRAMS), 5)
+    assert population.num_state == 4 and population.max_len == 24
     sgd = encode(get_program("sgd"), 4, num_state=2)
     assert list(sgd.outputs[1:]) == [2, 3]  # unused state slots keep their (zero) inputs
 
@@ -156,8 +156,8 @@ def test_alignment_shares_slots_between_related_bodies():
     ):
         assert len(positions) == len(body) and positions == sorted(set(positions))
     programs = [get_program(n) for n in PROGRAMS]
-    aligned = encode_population(programs, 24, 2)
-    packed = encode_population(programs, 24, 2, aligned=False)
+    aligned = encode_population(programs, 24, 4)
+    packed = encode_population(programs, 24, 4, aligned=False)
     distinct = [len(set(col) - {NOP_ID}) for col in aligned.body_ops.T]
     assert sum(distinct) < sum(len(set(col) - {NOP_ID}) for col in packed.body_ops.T)
 
