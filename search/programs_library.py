@@ -183,8 +183,7 @@ def _scratch_from(instructions: tuple[Instruction, ...], first: int) -> tuple[In
     def move(r: int) -> int:
         return r - R1 + first if r >= R1 else r
 
-    return tuple(Instruction(x.op, move(x.out), tuple(map(move, x.args)), x.const)
-                 for x in instructions)  # fmt: skip
+    return tuple(x.replace(out=move(x.out), args=tuple(map(move, x.args))) for x in instructions)
 
 
 def orthogonal_adam_hd(
@@ -201,9 +200,8 @@ def orthogonal_adam_hd(
     omega) a`, `a` Adam's direction and `O` its orthogonalization (`omega = 1`:
     `orthogonal_adam`'s step; half of each by default, which on the held-out suite kept
     orthogonalization's gains on the image MLPs without its loss on grey CIFAR-10); `d = a`
-    on a vector or scalar. The step grows while each gradient
-    still points along the last step and shrinks when they disagree (`h` starts at 0: `lr` is
-    the first step's size)."""
+    on a vector or scalar. The step grows while each gradient still points along the last step
+    and shrinks when they disagree (`h` starts at 0: `lr` is the first step's size)."""
     s3, s4 = NUM_FIXED + 2, NUM_FIXED + 3
     d, c = NUM_FIXED + 4, NUM_FIXED + 5
     *matrix_step, choose = _matched_matrix_step(R1, R1)
